@@ -1,0 +1,439 @@
+"""On-device k-means: k-means++ seeding, Lloyd iterations, assignment and the farthest map.
+
+CURE (SPEC section 2) clusters teacher and student embeddings with k-means, labels each forget
+point with its nearest forget centroid, and maps that label to the farthest centroid. Everything
+here is a pure, jittable function of arrays, so a cluster refresh runs on the accelerator between
+training steps without a round trip through the host.
+
+Squared distances are computed by matmul, ``||x||^2 - 2 x.c + ||c||^2``, in chunks of points so
+that memory stays O(chunk * K) however large N is. Cosine k-means is spherical k-means: squared
+Euclidean distance on unit vectors (``2 - 2 cos``), with centroids re-normalised after each update.
+
+Shape legend: N points, D features, K clusters, T k-means++ local trials, M chunks of C points,
+R restarts.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_INITS = ("k-means++", "random")
+# Guards the normalisation of zero vectors (cosine mode): x / max(||x||, eps).
+_NORM_EPS = 1e-12
+
+
+class KMeansResult(NamedTuple):
+    """The outcome of :func:`kmeans`.
+
+    Attributes:
+        centroids: [K, D] float32 cluster centres (unit rows when ``cosine=True``).
+        assignment: [N] int32 index of each point's nearest centroid.
+        inertia: scalar float32, sum over points of the squared distance to the assigned
+            centroid (on the unit-normalised points when ``cosine=True``).
+        iterations: scalar int32, number of Lloyd iterations (centroid updates) run.
+    """
+
+    centroids: jax.Array
+    assignment: jax.Array
+    inertia: jax.Array
+    iterations: jax.Array
+
+
+def _normalise(x_NxD: jax.Array) -> jax.Array:
+    norm_N1 = jnp.linalg.norm(x_NxD, axis=-1, keepdims=True)
+    return x_NxD / jnp.maximum(norm_N1, _NORM_EPS)
+
+
+def _to_chunks(x_NxD: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pads with zero rows to M chunks of C <= chunk_size points (C chosen for little padding).
+
+    Returns the [M, C, D] chunks, their [M, C] squared norms, and [M * C] float32 validity
+    (1 for a real point, 0 for padding).
+    """
+    n, d = x_NxD.shape
+    num_chunks = -(-n // chunk_size)
+    chunk = -(-n // num_chunks)
+    pad = num_chunks * chunk - n
+    x_MxCxD = jnp.pad(x_NxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
+    valid_P = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad))
+    return x_MxCxD, jnp.sum(x_MxCxD**2, axis=-1), valid_P
+
+
+def _nearest(
+    points_MxCxD: jax.Array, sqnorm_MxC: jax.Array, centroids_KxD: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """[M * C] nearest-centroid index (int32) and squared distance to it, chunk by chunk."""
+    csq_K = jnp.sum(centroids_KxD**2, axis=-1)
+
+    def one_chunk(args):
+        x_CxD, xsq_C = args
+        # ||x||^2 is the same for every centroid: leave it out of the argmin, add it back after.
+        partial_CxK = csq_K[None, :] - 2.0 * (x_CxD @ centroids_KxD.T)
+        idx_C = jnp.argmin(partial_CxK, axis=-1).astype(jnp.int32)
+        # Cancellation in the expanded form can go slightly negative; a distance cannot.
+        return idx_C, jnp.maximum(xsq_C + jnp.min(partial_CxK, axis=-1), 0.0)
+
+    idx_MxC, dist_MxC = jax.lax.map(one_chunk, (points_MxCxD, sqnorm_MxC))
+    return idx_MxC.reshape(-1), dist_MxC.reshape(-1)
+
+
+def _kmeans_plus_plus(
+    key: jax.Array, x_NxD: jax.Array, sqnorm_N: jax.Array, *, num_clusters: int, num_trials: int
+) -> jax.Array:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's greedy variant).
+
+    Each new centre is the best of ``num_trials`` candidates drawn with probability proportional
+    to the squared distance to the nearest centre chosen so far; "best" means the lowest total
+    squared distance once the candidate is added. Returns [K, D] centroids taken from the points.
+    """
+    n = x_NxD.shape[0]
+    # All the randomness in one draw: each threefry call inside the loop adds compile time.
+    u_KxT = jax.random.uniform(key, (num_clusters, num_trials))
+    first = jnp.minimum((u_KxT[0, 0] * n).astype(jnp.int32), n - 1)
+    centroids_KxD = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(x_NxD[first])
+    closest_N = jnp.maximum(sqnorm_N - 2.0 * (x_NxD @ x_NxD[first]) + sqnorm_N[first], 0.0)
+
+    def body(k, carry):
+        centroids_KxD, closest_N = carry
+        cdf_N = jnp.cumsum(closest_N)
+        # Sampling by inverting the CDF: needs no normalisation, and when every distance is zero
+        # (all points already are centres) it picks index 0 instead of producing NaN.
+        draws_T = u_KxT[k] * cdf_N[-1]
+        # compare_all: T x N comparisons are cheap here and compile faster than a binary search.
+        cand_T = jnp.minimum(jnp.searchsorted(cdf_N, draws_T, method="compare_all"), n - 1)
+        cand_TxD = x_NxD[cand_T]
+        dist_NxT = sqnorm_N[:, None] - 2.0 * (x_NxD @ cand_TxD.T) + sqnorm_N[cand_T][None, :]
+        dist_NxT = jnp.minimum(jnp.maximum(dist_NxT, 0.0), closest_N[:, None])
+        best = jnp.argmin(jnp.sum(dist_NxT, axis=0))
+        return centroids_KxD.at[k].set(cand_TxD[best]), dist_NxT[:, best]
+
+    centroids_KxD, _ = jax.lax.fori_loop(1, num_clusters, body, (centroids_KxD, closest_N))
+    return centroids_KxD
+
+
+def _update(
+    points_PxD: jax.Array,
+    valid_P: jax.Array,
+    assign_P: jax.Array,
+    dist_P: jax.Array,
+    centroids_KxD: jax.Array,
+    *,
+    cosine: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """One centroid update: cluster means, with empty clusters re-seeded.
+
+    An empty cluster takes the point farthest from its own centroid (the e-th empty cluster takes
+    the e-th farthest point), and that point leaves its old cluster, as in scikit-learn. The
+    reseeded centroids claim those points at the next assignment. ``points_PxD`` is padded with
+    zero rows, which ``valid_P`` (1 real, 0 padding) masks. Returns the [K, D] new centroids and
+    whether any cluster was empty.
+    """
+    k = centroids_KxD.shape[0]
+    # Padding rows are zeros, so they add nothing to the sums; only the counts need the mask.
+    sums_KxD = jax.ops.segment_sum(points_PxD, assign_P, num_segments=k)
+    counts_K = jax.ops.segment_sum(valid_P, assign_P, num_segments=k)
+
+    def reseed(args):
+        sums_KxD, counts_K = args
+        empty_K = counts_K == 0
+        # Padding must never be chosen: give it a distance below any real one.
+        _, far_K = jax.lax.top_k(jnp.where(valid_P > 0, dist_P, -1.0), k)
+        rank_K = jnp.cumsum(empty_K) - 1
+        src_K = far_K[jnp.clip(rank_K, 0, k - 1)]
+        moved_KxD = jnp.where(empty_K[:, None], points_PxD[src_K], 0.0)
+        moved_K = empty_K.astype(counts_K.dtype)
+        old_K = assign_P[src_K]
+        sums_KxD = sums_KxD - jax.ops.segment_sum(moved_KxD, old_K, num_segments=k) + moved_KxD
+        counts_K = counts_K - jax.ops.segment_sum(moved_K, old_K, num_segments=k) + moved_K
+        return sums_KxD, counts_K
+
+    # Empty clusters are rare: skip the top-k unless there is one (under vmap both branches run).
+    any_empty = jnp.any(counts_K == 0)
+    sums_KxD, counts_K = jax.lax.cond(any_empty, reseed, lambda args: args, (sums_KxD, counts_K))
+    # A cluster can only still be empty if reseeding took its last point; it keeps its centroid.
+    new_KxD = jnp.where(
+        counts_K[:, None] > 0, sums_KxD / jnp.maximum(counts_K, 1.0)[:, None], centroids_KxD
+    )
+    return (_normalise(new_KxD) if cosine else new_KxD), any_empty
+
+
+def _single_run(
+    key: jax.Array,
+    x_NxD: jax.Array,
+    tol: jax.Array,
+    *,
+    num_clusters: int,
+    num_iters: int,
+    chunk_size: int,
+    init: str,
+    num_trials: int,
+    cosine: bool,
+) -> KMeansResult:
+    """One k-means run (seeding plus Lloyd) on points already normalised if ``cosine``."""
+    n = x_NxD.shape[0]
+    sqnorm_N = jnp.sum(x_NxD**2, axis=-1)
+    if init == "k-means++":
+        centroids_KxD = _kmeans_plus_plus(
+            key, x_NxD, sqnorm_N, num_clusters=num_clusters, num_trials=num_trials
+        )
+    else:
+        centroids_KxD = x_NxD[jax.random.choice(key, n, (num_clusters,), replace=False)]
+
+    # Pad once, outside the loop; the padding is masked by `valid_P`.
+    points_MxCxD, sqnorm_MxC, valid_P = _to_chunks(x_NxD, chunk_size)
+    points_PxD = points_MxCxD.reshape(-1, x_NxD.shape[1])
+
+    def e_step(centroids_KxD):
+        assign_P, dist_P = _nearest(points_MxCxD, sqnorm_MxC, centroids_KxD)
+        return assign_P, dist_P, jnp.sum(dist_P * valid_P)
+
+    # Each iteration is an update followed by an assignment, so the loop always ends with an
+    # assignment that belongs to the returned centroids, whichever criterion stops it.
+    def cond(state):
+        it, _, _, _, _, done = state
+        return jnp.logical_and(it < num_iters, jnp.logical_not(done))
+
+    def body(state):
+        it, centroids_KxD, assign_P, dist_P, inertia, _ = state
+        centroids_KxD, reseeded = _update(
+            points_PxD, valid_P, assign_P, dist_P, centroids_KxD, cosine=cosine
+        )
+        new_assign_P, new_dist_P, new_inertia = e_step(centroids_KxD)
+        # Only real points count: padding rows are equidistant from unit centroids, and their
+        # argmin can flip on rounding alone.
+        settled = jnp.all(new_assign_P[:n] == assign_P[:n])
+        # Strict `<`, so that tol = 0 stops only when the assignments settle.
+        small_change = jnp.abs(inertia - new_inertia) < tol * inertia
+        # Never stop right after a reseed: the farthest points were measured from the old
+        # centroids, so a reseeded centroid can land on a point whose cluster keeps it
+        # (a duplicate centroid, still empty); the next update reseeds from fresh distances.
+        done = jnp.logical_and(jnp.logical_or(settled, small_change), jnp.logical_not(reseeded))
+        return it + 1, centroids_KxD, new_assign_P, new_dist_P, new_inertia, done
+
+    assign_P, dist_P, inertia = e_step(centroids_KxD)
+    state = (jnp.int32(0), centroids_KxD, assign_P, dist_P, inertia, jnp.bool_(False))
+    it, centroids_KxD, assign_N, _, _, _ = jax.lax.while_loop(cond, body, state)
+    assign_N = assign_N[:n]
+    # The expanded form loses ~eps * ||x||^2 per point; the final inertia (which also picks the
+    # best restart) is worth one exact O(N * D) pass.
+    inertia = jnp.sum((x_NxD - centroids_KxD[assign_N]) ** 2)
+    return KMeansResult(centroids_KxD, assign_N, inertia, it)
+
+
+_STATIC = (
+    "num_clusters", "num_iters", "num_restarts", "cosine", "chunk_size", "init", "num_trials"
+)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _kmeans_jit(
+    key: jax.Array,
+    points_NxD: jax.Array,
+    tol: jax.Array,
+    *,
+    num_clusters: int,
+    num_iters: int,
+    num_restarts: int,
+    cosine: bool,
+    chunk_size: int,
+    init: str,
+    num_trials: int,
+) -> KMeansResult:
+    x_NxD = points_NxD.astype(jnp.float32)
+    # k-means is translation invariant; centring (as scikit-learn does) keeps the expanded
+    # distance ||x||^2 - 2 x.c + ||c||^2 from cancelling away float32 digits far from the origin.
+    # Spherical k-means needs the origin where it is.
+    shift_D = jnp.zeros_like(x_NxD[0]) if cosine else jnp.mean(x_NxD, axis=0)
+    x_NxD = _normalise(x_NxD) if cosine else x_NxD - shift_D
+    run = functools.partial(
+        _single_run,
+        num_clusters=num_clusters,
+        num_iters=num_iters,
+        chunk_size=chunk_size,
+        init=init,
+        num_trials=num_trials,
+        cosine=cosine,
+    )
+    if num_restarts == 1:
+        # No vmap for one run: keeps the empty-cluster `cond` a real branch.
+        result = run(key, x_NxD, tol)
+    else:
+        keys_R = jax.random.split(key, num_restarts)
+        results_R = jax.vmap(run, in_axes=(0, None, None))(keys_R, x_NxD, tol)
+        best = jnp.argmin(results_R.inertia)
+        result = jax.tree.map(lambda leaf: leaf[best], results_R)
+    return result._replace(centroids=result.centroids + shift_D)
+
+
+def kmeans(
+    key: jax.Array,
+    points_NxD: jax.Array,
+    *,
+    num_clusters: int,
+    num_iters: int = 20,
+    num_restarts: int = 1,
+    cosine: bool = False,
+    tol: float = 0.0,
+    chunk_size: int = 4096,
+    init: str = "k-means++",
+    num_local_trials: int | None = None,
+) -> KMeansResult:
+    """k-means (Lloyd) with k-means++ seeding, restarts batched on device; the best inertia wins.
+
+    The loop stops after ``num_iters`` updates, or earlier when the assignments stop changing, or
+    when the inertia changes by less than ``tol`` relative to the previous one. Compiled once per
+    input shape and set of static arguments; ``tol`` is traced, so changing it does not recompile.
+
+    Args:
+        key: PRNG key; the restarts use ``jax.random.split(key, num_restarts)`` (the key itself
+            when ``num_restarts == 1``).
+        points_NxD: [N, D] points (cast to float32).
+        num_clusters: K, 1 <= K <= N.
+        num_iters: the most Lloyd iterations (centroid updates) per run, >= 1.
+        num_restarts: R independent runs, batched with ``vmap``.
+        cosine: spherical k-means: L2-normalise the points, re-normalise the centroids after
+            every update; distances are squared Euclidean on the unit sphere (``2 - 2 cos``).
+        tol: relative inertia change under which to stop; 0 runs until the assignments settle.
+        chunk_size: most points per distance block; memory is O(chunk_size * K).
+        init: ``"k-means++"`` (greedy, as scikit-learn) or ``"random"`` (K distinct points).
+        num_local_trials: k-means++ candidates per centre; None gives ``2 + floor(ln K)``.
+
+    Returns:
+        KMeansResult: centroids [K, D], assignment int32 [N], inertia scalar, iterations int32
+        scalar, of the best restart.
+
+    Raises:
+        ValueError: if the points are not 2-D, K < 1 or K > N, or another argument is out of
+            range; raised before any tracing.
+    """
+    points_NxD = jnp.asarray(points_NxD)
+    num_trials = _check_kmeans_args(
+        points_NxD.shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol
+    )
+    if num_local_trials is not None:
+        if num_local_trials < 1:
+            raise ValueError(f"num_local_trials must be >= 1, got {num_local_trials}")
+        num_trials = num_local_trials
+    return _kmeans_jit(
+        key,
+        points_NxD,
+        jnp.asarray(tol, jnp.float32),
+        num_clusters=num_clusters,
+        num_iters=num_iters,
+        num_restarts=num_restarts,
+        cosine=cosine,
+        chunk_size=chunk_size,
+        init=init,
+        num_trials=num_trials,
+    )
+
+
+def _check_kmeans_args(shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol) -> int:
+    """Raises ValueError on a bad argument of :func:`kmeans`; returns the default local trials."""
+    if len(shape) != 2:
+        raise ValueError(f"points must be 2-D [N, D], got shape {shape}")
+    n = shape[0]
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    if num_clusters > n:
+        raise ValueError(f"more clusters than points: K={num_clusters}, N={n}")
+    if num_iters < 1:
+        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+    if num_restarts < 1:
+        raise ValueError(f"num_restarts must be >= 1, got {num_restarts}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if init not in _INITS:
+        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    if isinstance(tol, int | float) and tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    return 2 + int(math.log(num_clusters))  # scikit-learn's default for greedy k-means++
+
+
+def _check_pair(points_NxD: jax.Array, centroids_KxD: jax.Array, chunk_size: int) -> None:
+    x_shape, c_shape = points_NxD.shape, centroids_KxD.shape
+    if len(x_shape) != 2 or len(c_shape) != 2:
+        raise ValueError(f"points and centroids must be 2-D, got {x_shape} and {c_shape}")
+    if x_shape[1] != c_shape[1]:
+        raise ValueError(f"feature sizes differ: points {x_shape}, centroids {c_shape}")
+    if c_shape[0] < 1:
+        raise ValueError("need at least one centroid")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _assign_jit(points_NxD: jax.Array, centroids_KxD: jax.Array, *, chunk_size: int) -> jax.Array:
+    c_KxD = centroids_KxD.astype(jnp.float32)
+    # Centring on the centroids' mean changes no distance and reduces float32 cancellation.
+    shift_D = jnp.mean(c_KxD, axis=0)
+    x_MxCxD, sqnorm_MxC, _ = _to_chunks(points_NxD.astype(jnp.float32) - shift_D, chunk_size)
+    assign_P, _ = _nearest(x_MxCxD, sqnorm_MxC, c_KxD - shift_D)
+    return assign_P[: points_NxD.shape[0]]
+
+
+def assign(points_NxD: jax.Array, centroids_KxD: jax.Array, *, chunk_size: int = 4096) -> jax.Array:
+    """Index of each point's nearest centroid in squared Euclidean distance.
+
+    For cosine clusters pass unit points: on the sphere the nearest centroid in Euclidean
+    distance is the one of highest cosine. Ties go to the lowest index.
+
+    Args:
+        points_NxD: [N, D] points.
+        centroids_KxD: [K, D] centroids.
+        chunk_size: most points per distance block; memory is O(chunk_size * K).
+
+    Returns:
+        [N] int32 nearest-centroid indices.
+
+    Raises:
+        ValueError: if either array is not 2-D, their D differ, or K = 0.
+    """
+    points_NxD, centroids_KxD = jnp.asarray(points_NxD), jnp.asarray(centroids_KxD)
+    _check_pair(points_NxD, centroids_KxD, chunk_size)
+    return _assign_jit(points_NxD, centroids_KxD, chunk_size=chunk_size)
+
+
+@jax.jit
+def farthest_cluster_map(centroids_KxD: jax.Array) -> jax.Array:
+    """CURE's farthest map ``phi(k) = argmax_{k' != k} ||c_k - c_k'||^2`` (SPEC 2, step 2).
+
+    Args:
+        centroids_KxD: [K, D] centroids.
+
+    Returns:
+        [K] int32, the farthest other centroid of each; ``phi(k) != k`` whenever K > 1 (with
+        K = 1 the only cluster maps to itself). Ties go to the lowest index.
+    """
+    c_KxD = centroids_KxD.astype(jnp.float32)
+    c_KxD = c_KxD - jnp.mean(c_KxD, axis=0)  # fewer cancelled digits, same distances
+    sq_K = jnp.sum(c_KxD**2, axis=-1)
+    dist_KxK = jnp.maximum(sq_K[:, None] - 2.0 * (c_KxD @ c_KxD.T) + sq_K[None, :], 0.0)
+    # -inf on the diagonal excludes k itself even when other centroids coincide with it.
+    k = c_KxD.shape[0]
+    dist_KxK = jnp.where(jnp.eye(k, dtype=bool), -jnp.inf, dist_KxK)
+    return jnp.argmax(dist_KxK, axis=-1).astype(jnp.int32)
+
+
+def pseudo_labels(
+    points_NxD: jax.Array, centroids_KxD: jax.Array, *, chunk_size: int = 4096
+) -> jax.Array:
+    """CURE pseudo-labels ``y~(x) = phi(l(x))``: the farthest cluster from the nearest one.
+
+    Args:
+        points_NxD: [N, D] points (unit embeddings in CURE).
+        centroids_KxD: [K, D] centroids.
+        chunk_size: most points per distance block.
+
+    Returns:
+        [N] int32 pseudo-labels in [0, K).
+
+    Raises:
+        ValueError: as :func:`assign`.
+    """
+    return farthest_cluster_map(centroids_KxD)[
+        assign(points_NxD, centroids_KxD, chunk_size=chunk_size)
+    ]
