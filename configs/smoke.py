@@ -1,0 +1,19 @@
+"""A tiny run for tests: a few synthetic identities, 32x32 images, a narrow IResNet-18.
+
+    python -m cure_jax.train --config smoke --workdir /tmp/smoke
+"""
+
+from cure_jax.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig
+
+
+def get_config() -> Config:
+    return Config(
+        name="smoke",
+        data=DataConfig(image_size=32, num_identities=8, images_per_identity=10,
+                        num_verification_identities=6, verification_images_per_identity=4,
+                        num_verification_pairs=40),
+        model=ModelConfig(width=0.125, embedding_dim=32),
+        teacher=OptimConfig(batch_size=16, epochs=3, milestones=(2.0,), warmup_epochs=0.0),
+        run=RunConfig(log_every=2, checkpoint_every=4, progress=False),
+    )
+

@@ -1,0 +1,43 @@
+"""Heads on top of the embedding: the margin head's class centres and the pseudo-label head.
+
+Both are a matrix of unit-normalised class vectors; logits are (scaled) cosines. The margin itself
+lives in `cure_jax.losses.margin`, since only the training loss uses it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / ||x|| with an epsilon inside the root so that the gradient at 0 stays finite."""
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + _EPS)
+
+
+def cosine_logits(emb_BxD: jax.Array, centres_CxD: jax.Array) -> jax.Array:
+    """Cosines [B, C] between raw embeddings and raw class vectors (both normalised here)."""
+    return l2_normalize(emb_BxD) @ l2_normalize(centres_CxD).T
+
+
+class CosineHead(nnx.Module):
+    """Class centres W [C, D]; `head(emb)` gives cos(z, W_c) [B, C] (the margin head's input)."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+        # arcface_torch initialises the centres with N(0, 0.01); only their direction matters.
+        self.centres = nnx.Param(0.01 * jax.random.normal(rngs.params(),
+                                                          (num_classes, embedding_dim)))
+
+    def __call__(self, emb_BxD: jax.Array) -> jax.Array:
+        return cosine_logits(emb_BxD, self.centres[...])
+
+
+class FaceModel(nnx.Module):
+    """A backbone and its margin head, trained together as the teacher."""
+
+    def __init__(self, backbone: nnx.Module, head: CosineHead):
+        self.backbone = backbone
+        self.head = head

@@ -1,0 +1,124 @@
+"""IResNet backbones (insightface arcface_torch `iresnet.py`) in Flax NNX.
+
+Structure, as in arcface_torch: stem conv3x3(64, stride 1, no bias), BN, PReLU; four stages of
+64, 128, 256, 512 channels (times `width`), each opening with stride 2; pre-activation-style block
+BN, conv3x3, BN, PReLU, conv3x3(stride), BN, added to the shortcut (conv1x1 + BN when the shape
+changes) with no activation after the sum; head BN, dropout, flatten, dense to the embedding, BN
+with its scale fixed at 1. Images are NHWC in [-1, 1].
+
+Train / eval behaviour (batch statistics vs running averages, dropout) is a static attribute of the
+modules: `nnx.view(model, use_running_average=True, deterministic=True)` gives the eval view that
+shares the same arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DEPTHS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
+STAGE_CHANNELS = (64, 128, 256, 512)
+INPUT_SIZES = (32, 64, 112)  # 32 is for tests only; 112 is the insightface standard
+
+_conv_init = nnx.initializers.normal(0.1)  # arcface_torch: nn.init.normal_(conv.weight, 0, 0.1)
+_PAD1 = ((1, 1), (1, 1))  # explicit, to match PyTorch's padding=1 for stride-2 convolutions too
+
+
+def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True) -> nnx.BatchNorm:
+    # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5.
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, rngs=rngs)
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+    padding = _PAD1 if kernel == 3 else ((0, 0), (0, 0))
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding, use_bias=False,
+                    kernel_init=_conv_init, rngs=rngs)
+
+
+class PReLU(nnx.Module):
+    """PReLU with one slope per channel, initialised at 0.25 (PyTorch `nn.PReLU(C)`)."""
+
+    def __init__(self, channels: int):
+        self.slope = nnx.Param(jnp.full((channels,), 0.25, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.where(x >= 0, x, self.slope[...] * x)
+
+
+class IBasicBlock(nnx.Module):
+    """The insightface residual block (BN-conv-BN-PReLU-conv-BN plus shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        self.bn1 = _bn(cin, rngs)
+        self.conv1 = _conv(cin, cout, 3, 1, rngs)
+        self.bn2 = _bn(cout, rngs)
+        self.prelu = PReLU(cout)
+        self.conv2 = _conv(cout, cout, 3, stride, rngs)
+        self.bn3 = _bn(cout, rngs)
+        if stride != 1 or cin != cout:
+            self.down_conv = _conv(cin, cout, 1, stride, rngs)
+            self.down_bn = _bn(cout, rngs)
+        else:
+            self.down_conv = None
+            self.down_bn = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = self.bn1(x)
+        out = self.conv1(out)
+        out = self.bn2(out)
+        out = self.prelu(out)
+        out = self.conv2(out)
+        out = self.bn3(out)
+        shortcut = x if self.down_conv is None else self.down_bn(self.down_conv(x))
+        return out + shortcut
+
+
+class IResNet(nnx.Module):
+    """IResNet backbone mapping images [B, S, S, 3] to raw embeddings [B, embedding_dim]."""
+
+    def __init__(self, depth: str = "r18", *, width: float = 1.0, input_size: int = 112,
+                 embedding_dim: int = 512, dropout: float = 0.0, rngs: nnx.Rngs):
+        if depth not in DEPTHS:
+            raise ValueError(f"unknown IResNet depth {depth!r}; valid: {', '.join(DEPTHS)}")
+        if input_size not in INPUT_SIZES:
+            raise ValueError(f"input_size={input_size}; valid: {INPUT_SIZES}")
+        if width <= 0:
+            raise ValueError(f"width={width} must be positive")
+        channels = [max(8, int(round(c * width))) for c in STAGE_CHANNELS]
+        self.stem_conv = _conv(3, channels[0], 3, 1, rngs)
+        self.stem_bn = _bn(channels[0], rngs)
+        self.stem_prelu = PReLU(channels[0])
+        blocks = []
+        cin = channels[0]
+        for cout, count in zip(channels, DEPTHS[depth], strict=True):
+            for i in range(count):
+                blocks.append(IBasicBlock(cin, cout, 2 if i == 0 else 1, rngs=rngs))
+                cin = cout
+        self.blocks = nnx.List(blocks)
+        self.final_bn = _bn(cin, rngs)
+        self.dropout = nnx.Dropout(dropout)  # its key comes with each call
+        spatial = input_size // 16
+        self.fc = nnx.Linear(cin * spatial * spatial, embedding_dim, rngs=rngs)
+        # arcface_torch freezes this BN's weight at 1: no scale parameter is the same thing.
+        self.features = _bn(embedding_dim, rngs, use_scale=False)
+        self.input_size = input_size
+        self.embedding_dim = embedding_dim
+
+    def __call__(self, images: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Embeds a batch.
+
+        Args:
+          images: [B, S, S, 3] float in [-1, 1].
+          dropout_key: PRNG key for dropout in training (unused when the rate is 0 or in eval).
+
+        Returns:
+          Raw (unnormalised) embeddings [B, D].
+        """
+        x = self.stem_prelu(self.stem_bn(self.stem_conv(images)))
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_bn(x)
+        x = x.reshape(x.shape[0], -1)
+        x = self.dropout(x, rngs=dropout_key)
+        return self.features(self.fc(x))

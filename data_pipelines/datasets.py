@@ -1,0 +1,111 @@
+"""Assembles the faces a run uses from its data config: training identities (with held-out
+images per identity) and a verification set of pairs.
+
+Synthetic data: training identities and verification identities are disjoint people rendered from
+the same seed. Image folders: every kept identity trains; verification comes from an LFW-style
+`pairs.txt` when one is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from data_pipelines.pipelines import ArraySource, materialize
+from data_pipelines.sources.image_folder import ImageFolderSource
+from data_pipelines.sources.lfw_pairs import PairsSource
+from data_pipelines.sources.synthetic import SyntheticFaces, make_verification_pairs
+from data_pipelines.splits import holdout_split
+
+# Verification identities start here, far past any training identity id.
+VERIFICATION_IDENTITY_OFFSET = 1_000_000
+
+
+@dataclasses.dataclass
+class Verification:
+    """Images and the pairs among them (indices into `source`)."""
+
+    source: ArraySource
+    idx_a: np.ndarray
+    idx_b: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray | None  # explicit fold per pair (pairs.txt), or None for 10 contiguous
+
+
+@dataclasses.dataclass
+class FaceData:
+    """Everything a run reads: training records, held-out records and verification pairs."""
+
+    records: ArraySource  # every image of the training identities, in memory
+    train_indices: np.ndarray  # into `records`
+    holdout_indices: np.ndarray  # into `records`: unseen images of the training identities
+    num_classes: int
+    verification: Verification | None
+    identity_names: list[str]
+
+
+def load_face_data(config, *, progress: bool = True) -> FaceData:
+    """Builds `FaceData` from a `DataConfig`."""
+    if config.source == "synthetic":
+        return _synthetic(config, progress)
+    if config.source == "folder":
+        return _folder(config, progress)
+    raise ValueError(f"unknown data.source {config.source!r}; valid: synthetic, folder")
+
+
+def _synthetic(config, progress: bool) -> FaceData:
+    train = SyntheticFaces(config.num_identities, config.images_per_identity,
+                           image_size=config.image_size, seed=config.seed)
+    records = materialize(train, desc="rendering faces", progress=progress)
+    train_idx, holdout_idx = holdout_split(records.labels, fraction=config.holdout_per_identity,
+                                           seed=config.seed)
+    verification = None
+    if config.num_verification_identities > 0:
+        held_out_people = SyntheticFaces(
+            config.num_verification_identities, config.verification_images_per_identity,
+            image_size=config.image_size, seed=config.seed,
+            identity_offset=VERIFICATION_IDENTITY_OFFSET)
+        source = materialize(held_out_people, desc="rendering verification faces",
+                             progress=progress)
+        idx_a, idx_b, issame = make_verification_pairs(
+            source.labels, config.num_verification_pairs, seed=config.seed)
+        verification = Verification(source, idx_a, idx_b, issame, balanced_folds(issame))
+    names = [f"synthetic_{i:05d}" for i in range(config.num_identities)]
+    return FaceData(records, train_idx, holdout_idx, config.num_identities, verification, names)
+
+
+def balanced_folds(issame_P: np.ndarray, num_folds: int = 10) -> np.ndarray:
+    """Fold ids that deal same and different pairs round-robin, so every fold holds both
+    kinds in equal numbers (as LFW's 300 + 300 per fold)."""
+    folds = np.empty(len(issame_P), np.int32)
+    for kind in (True, False):
+        members = np.flatnonzero(issame_P == kind)
+        folds[members] = np.arange(len(members)) % num_folds
+    return folds
+
+
+def _folder(config, progress: bool) -> FaceData:
+    if not config.root:
+        raise ValueError("data.source=folder needs data.root=<folder with one sub-folder per "
+                         "identity>")
+    crop = tuple(config.crop_box) or None
+    folder = ImageFolderSource(config.root, min_images=config.min_images,
+                               max_images=config.max_images or None, crop_box=crop,
+                               image_size=config.image_size, on_bad_image=config.on_bad_image)
+    records = materialize(folder, desc=f"decoding {pathlib.Path(config.root).name}",
+                          progress=progress)
+    train_idx, holdout_idx = holdout_split(records.labels, fraction=config.holdout_per_identity,
+                                           seed=config.seed)
+    verification = None
+    if config.pairs:
+        pairs_path = pathlib.Path(config.pairs)
+        lfw_root = pairs_path.parent
+        pairs = PairsSource(str(lfw_root), str(pairs_path), crop_box=crop,
+                            image_size=config.image_size)
+        source = materialize(pairs, desc="decoding verification pairs", progress=progress)
+        idx_a, idx_b, issame, folds = pairs.pair_indices
+        verification = Verification(source, idx_a, idx_b, issame, folds)
+    return FaceData(records, train_idx, holdout_idx, folder.num_classes, verification,
+                    list(folder.identity_names))

@@ -1,0 +1,77 @@
+"""IResNet structure and the cosine head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cure_jax.models.heads import CosineHead, cosine_logits, l2_normalize
+from cure_jax.models.iresnet import DEPTHS, IResNet
+
+
+def _count_blocks(model: IResNet) -> int:
+    return len(model.blocks)
+
+
+@pytest.mark.parametrize("depth", list(DEPTHS))
+def test_depths_have_insightface_block_counts(depth):
+    model = nnx.eval_shape(lambda: IResNet(depth, width=0.125, input_size=32, embedding_dim=16,
+                                           rngs=nnx.Rngs(0)))
+    assert _count_blocks(model) == sum(DEPTHS[depth])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_output_shape_and_stage_strides(size):
+    model = IResNet("r18", width=0.125, input_size=size, embedding_dim=24, rngs=nnx.Rngs(0))
+    x = jnp.zeros((2, size, size, 3))
+    assert model(x).shape == (2, 24)
+    # Four stride-2 stages: the flattened map entering fc is (size / 16)^2 x 64 channels.
+    assert model.fc.kernel.shape == ((size // 16) ** 2 * 64, 24)
+
+
+def test_stem_and_block_layout_match_arcface_torch():
+    model = IResNet("r18", width=1.0, input_size=32, embedding_dim=512, rngs=nnx.Rngs(0))
+    assert model.stem_conv.kernel.shape == (3, 3, 3, 64)
+    assert model.stem_conv.bias is None
+    assert model.stem_prelu.slope.shape == (64,)
+    np.testing.assert_allclose(model.stem_prelu.slope[...], 0.25)
+    first = model.blocks[0]
+    # Each stage opens with a stride-2 block that has a projection shortcut.
+    assert first.conv2.strides == 2 and first.down_conv is not None
+    assert model.blocks[1].down_conv is None
+    assert model.features.scale is None  # the embedding BN's scale is fixed at 1
+    assert model.stem_bn.momentum == 0.9 and model.stem_bn.epsilon == 1e-5
+
+
+def test_conv_init_is_normal_0_1():
+    model = IResNet("r18", width=1.0, input_size=32, embedding_dim=64, rngs=nnx.Rngs(0))
+    kernel = np.asarray(model.blocks[3].conv1.kernel[...])
+    assert abs(kernel.std() - 0.1) < 0.005
+
+
+def test_eval_view_uses_running_statistics():
+    model = IResNet("r18", width=0.125, input_size=32, embedding_dim=8, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    eval_model = nnx.view(model, use_running_average=True, deterministic=True)
+    before = eval_model(x)
+    model(x)  # a training-mode call updates the running statistics in place
+    after = eval_model(x)  # the view shares the arrays, so it sees them
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(eval_model(x[:1]), after[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments_name_valid_choices():
+    with pytest.raises(ValueError, match="r18"):
+        IResNet("r19", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="input_size"):
+        IResNet("r18", input_size=100, rngs=nnx.Rngs(0))
+
+
+def test_cosine_head_is_scale_invariant():
+    head = CosineHead(8, 5, rngs=nnx.Rngs(0))
+    emb = jax.random.normal(jax.random.key(0), (3, 8))
+    np.testing.assert_allclose(head(emb), head(7.0 * emb), rtol=1e-5, atol=1e-6)
+    cos = cosine_logits(emb, emb)
+    np.testing.assert_allclose(jnp.diag(cos), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(jax.grad(lambda v: l2_normalize(v).sum())(jnp.zeros(4))))

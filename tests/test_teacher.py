@@ -1,0 +1,106 @@
+"""The teacher step: compiled once, learns, data-parallel equivalence."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cure_jax import config as config_lib
+from cure_jax import sharding, teacher
+
+SMOKE = config_lib.load_config("smoke")
+
+
+def _setup(config=SMOKE, num_classes=8):
+    model = teacher.build_model(config.model, num_classes=num_classes,
+                                image_size=config.data.image_size, seed=0)
+    graphs, params, stats = teacher.split_model(model)
+    tx = teacher.make_optimizer(config.teacher, 10)
+    state = teacher.init_state(params, stats, tx)
+    step = teacher.make_train_step(graphs.train, tx, config.model,
+                                   teacher.lr_schedule(config.teacher, 10))
+    return state, step
+
+
+def _batch(seed, batch=16, size=32, classes=8):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, batch).astype(np.int32)
+    # Class-dependent images so that there is something to learn.
+    base = np.random.default_rng(123).uniform(-1, 1, (classes, size, size, 3)).astype(np.float32)
+    images = base[labels] + 0.1 * rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+    return {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+
+
+def test_step_compiles_once_and_learns():
+    state, step = _setup()
+    key = jax.random.key(0)
+    losses = []
+    for i in range(12):
+        state, metrics = step(state, _batch(i % 3), key)
+        losses.append(float(metrics["loss"]))
+    assert step._cache_size() == 1
+    assert int(state.step) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_schedule_warms_up_then_decays_at_milestones():
+    config = config_lib.apply_overrides(
+        SMOKE, ["teacher.warmup_epochs=1", "teacher.milestones=2,3", "teacher.lr=0.1"])
+    schedule = teacher.lr_schedule(config.teacher, steps_per_epoch=10)
+    assert float(schedule(0)) < 0.02
+    np.testing.assert_allclose(float(schedule(15)), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(25)), 0.01, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(35)), 0.001, rtol=1e-6)
+
+
+def test_state_is_donated():
+    state, step = _setup()
+    old_leaf = jax.tree.leaves(state.params)[0]
+    step(state, _batch(0), jax.random.key(0))
+    assert old_leaf.is_deleted()
+
+
+MULTI_DEVICE = textwrap.dedent("""
+    import cure_jax, jax, numpy as np
+    from tests.test_teacher import _setup, _batch
+    from cure_jax import sharding
+    assert len(jax.devices()) == 4, jax.devices()
+    results = []
+    for n in (1, 4):
+        mesh = sharding.make_mesh(n)
+        state, step = _setup()
+        state = sharding.replicate(state, mesh)
+        losses = []
+        for i in range(4):
+            state, m = step(state, sharding.shard_batch(_batch(i), mesh), jax.random.key(0))
+            losses.append(float(m["loss"]))
+        results.append(losses)
+    print(results)
+    np.testing.assert_allclose(results[0], results[1], rtol=2e-4, atol=2e-4)
+    print("SAME")
+""")
+
+
+def test_four_fake_devices_give_the_same_losses_as_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SAME" in out.stdout
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+    mesh = sharding.make_mesh(1)
+    sharding.check_batch_size(16, mesh, "teacher.batch_size")
+    try:
+        sharding.make_mesh(len(jax.devices()) + 1)
+    except ValueError as error:
+        assert "run.num_devices" in str(error)
+    else:
+        raise AssertionError("expected a ValueError")

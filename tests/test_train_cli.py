@@ -1,0 +1,84 @@
+"""End to end: the CLI on the smoke config, resume after a kill, bad input."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cure_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_cli(args, **kwargs):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "cure_jax.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def _last_metrics(workdir):
+    lines = (workdir / "teacher" / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]), len(lines)
+
+
+@pytest.mark.slow
+def test_teacher_resumes_after_a_kill_with_the_same_result(tmp_path):
+    common = ["--config", "smoke", "--stage", "teacher"]
+    straight = tmp_path / "straight"
+    out = _run_cli([*common, "--workdir", str(straight)])
+    assert out.returncode == 0, out.stderr
+
+    crashed = tmp_path / "crashed"
+    out = _run_cli([*common, "--workdir", str(crashed), "--set", "run.crash_at_step=7"])
+    assert out.returncode == 75, out.stderr  # killed mid-run, after the step-4 checkpoint
+    assert not (crashed / "teacher" / "eval.json").exists()
+    out = _run_cli([*common, "--workdir", str(crashed)])
+    assert out.returncode == 0, out.stderr
+    assert "resuming from step 4" in out.stdout
+
+    (a, lines_a), (b, lines_b) = _last_metrics(straight), _last_metrics(crashed)
+    assert lines_a == lines_b  # the replayed interval replaced the lines written before the kill
+    for key in ("step", "loss", "accuracy"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    eval_a = json.loads((straight / "teacher" / "eval.json").read_text())
+    eval_b = json.loads((crashed / "teacher" / "eval.json").read_text())
+    for key in ("holdout_accuracy", "verification_accuracy"):
+        assert eval_a[key] == pytest.approx(eval_b[key], abs=1e-6), key
+
+
+def test_in_process_run_writes_config_metrics_and_eval(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert train.main(["--config", "smoke", "--stage", "teacher", "--workdir", str(workdir)]) == 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["name"] == "smoke"
+    evaluation = json.loads((workdir / "teacher" / "eval.json").read_text())
+    assert 0.0 <= evaluation["verification_accuracy"] <= 1.0
+    assert "teacher:" in capsys.readouterr().out
+    # The same command again reuses the finished teacher; a different config is refused.
+    assert train.main(["--config", "smoke", "--stage", "teacher", "--workdir", str(workdir)]) == 0
+    code = train.main(["--config", "smoke", "--stage", "teacher", "--workdir", str(workdir),
+                       "--set", "teacher.lr=0.5"])
+    assert code == 1
+    assert "teacher.lr" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path, capsys):
+    code = train.main(["--config", "smoke", "--stage", "teacher", "--workdir",
+                       str(tmp_path / "nan"), "--set", "teacher.lr=1e30"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert re.search(r"loss became (nan|-?inf) at step \d+", err), err
+    assert "checkpoint" in err
+
+
+def test_unknown_key_and_missing_folder_are_clear_errors(tmp_path, capsys):
+    assert train.main(["--config", "smoke", "--set", "teacher.nope=1"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+    code = train.main(["--config", "smoke", "--workdir", str(tmp_path / "w"), "--set",
+                       "data.source=folder", "--set", f"data.root={tmp_path / 'missing'}"])
+    assert code == 1
+    assert "missing" in capsys.readouterr().err
