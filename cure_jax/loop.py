@@ -109,8 +109,11 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
             extra = {"iterator": iterator.get_state(), **(extra_state() if extra_state else {})}
             checkpointer.save(step, state, extra)
         if crash_at_step and step == crash_at_step:
+            # A kill right after the latest checkpoint reached the disk: no cleanup, no final
+            # save. (A kill during a save is Orbax's to handle: unfinished saves are ignored.)
             bar.close()
-            os._exit(75)  # no cleanup, no waiting for saves in flight: a kill
+            checkpointer.wait()
+            os._exit(75)
     bar.close()
     checkpointer.wait()
     return state

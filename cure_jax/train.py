@@ -13,7 +13,7 @@ import pathlib
 import sys
 import time
 
-import cure_jax  # noqa: F401  (sets XLA flags before jax starts)
+import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
 from cure_jax import sharding
 from cure_jax.embeddings import make_embed_fn
