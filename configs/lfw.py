@@ -22,7 +22,7 @@ def get_config() -> Config:
         data=DataConfig(source="folder", root=str(LFW / "images"), pairs=str(LFW / "pairs.txt"),
                         min_images=10, image_size=64, holdout_per_identity=0.2),
         model=ModelConfig(depth="r18", width=0.25, embedding_dim=128),
-        teacher=OptimConfig(batch_size=64, epochs=30, lr=0.1, milestones=(20.0, 26.0),
+        teacher=OptimConfig(batch_size=64, epochs=12, lr=0.1, milestones=(8.0, 11.0),
                             warmup_epochs=1.0),
         run=RunConfig(log_every=20, checkpoint_every=200),
     )

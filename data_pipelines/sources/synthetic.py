@@ -2,11 +2,12 @@
 
 Every identity is a fixed set of geometric and colour parameters drawn from
 `np.random.default_rng([seed, global_id, ...])`: face outline and jaw, eye spacing, size, height
-and iris colour, eyebrows, nose, mouth, ears, hair style and hairline, and optional beard, glasses
-and moles. Every image adds nuisance drawn from `(seed, global_id, image_number)`: pose (roll,
-yaw, translation, scale), lighting (brightness, gradient, colour cast, face shading), expression,
-background, clothing and pixel noise, plus a recorded degradation level in [0, 1] (blur, noise,
-low light, contrast loss, occlusion) that serves as ground-truth image quality.
+and iris colour, eyebrows, nose, mouth, ears, hair style (one of eight) and hairline, and
+optional beard, glasses, moles and blush. Every image adds nuisance drawn from
+`(seed, global_id, image_number)`: pose (roll, yaw, translation, scale), lighting (brightness,
+gradient, colour cast, face shading), expression, background, clothing and pixel noise, plus a
+recorded degradation level in [0, 1] (blur, noise, low light, contrast loss, occlusion) that
+serves as ground-truth image quality.
 
 Rendering is vectorised NumPy on coordinate grids: each part is a signed distance in the face's
 own frame (x right, y down, the image spans [-1, 1] at scale 1), turned into anti-aliased coverage
@@ -97,6 +98,22 @@ def identity_params(global_id: int, *, seed: int = 0) -> dict:
     return p
 
 
+class _Draws:
+    """Uniform draws handed out in order: one generator call per image costs a third of ~30."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.values = rng.random(64).tolist()
+        self.next = 0
+
+    def __call__(self, low: float = 0.0, high: float = 1.0, k: int = 0):
+        """One float in [low, high), or float32 [k] when k > 0."""
+        take = self.values[self.next : self.next + max(k, 1)]
+        self.next += len(take)
+        if k == 0:
+            return low + (high - low) * take[0]
+        return np.array([low + (high - low) * v for v in take], np.float32)
+
+
 def nuisance_params(
     global_id: int, image_number: int, *, seed: int = 0, degradation: float | None = None
 ) -> dict:
@@ -113,14 +130,7 @@ def nuisance_params(
       A dict of floats and small arrays; "degradation" in [0, 1] (0 = clean).
     """
     rng = np.random.default_rng([seed, global_id, image_number, 0x5E])
-    # One generator call per image, handed out in order: ~30 separate calls cost 3x as much.
-    draws = iter(rng.random(64))
-
-    def u(low: float = 0.0, high: float = 1.0, k: int = 0):
-        if k == 0:
-            return low + (high - low) * float(next(draws))
-        return np.array([low + (high - low) * next(draws) for _ in range(k)], np.float32)
-
+    u = _Draws(rng)
     n = {}
     n["roll"] = 0.3 * (u() + u() - 1.0)  # radians, triangular in [-0.3, 0.3]
     n["yaw"] = u(-0.5, 0.5)
@@ -148,7 +158,13 @@ def nuisance_params(
         if not 0.0 <= degradation <= 1.0:
             raise ValueError(f"degradation must be in [0, 1], got {degradation}")
         d = float(degradation)
-    n["degradation"] = d
+    n.update(_degradation_effects(d, u))
+    return n
+
+
+def _degradation_effects(d: float, u: _Draws) -> dict:
+    """The blur, light, noise, contrast and occlusion of degradation level d."""
+    n = {"degradation": d}
     # Effects grow with the square of the level: mid levels stay recognisable, the tail is hard.
     sev = d * d
     n["blur"] = 2.0 * sev * u(0.6, 1.0)  # Gaussian sigma in pixels at 64 x 64
@@ -300,6 +316,8 @@ def _draw_face(cv: _Canvas, p: dict, n: dict, fcx: float, feat: float) -> None:
     """Face outline with light-dependent shading, then the beard."""
     a, b, cy = p["head_a"], p["head_b"], p["head_cy"]
     win = cv.window(fcx, cy, a * (1.0 + p["jaw_square"]), b)
+    if win is None:
+        return
     x, y = cv.x[win], cv.y[win]
     face = cv.coverage(_face_sdf(x, y, p, fcx))
     # Shade as if the face were a sphere lit from direction n["shade"].
@@ -312,7 +330,7 @@ def _draw_face(cv: _Canvas, p: dict, n: dict, fcx: float, feat: float) -> None:
             d = _ellipse(x - feat - side * (p["eye_dx"] + 0.02), y - nose_tip + 0.02, 0.07, 0.045)
             cv.paint(win, cv.coverage(d) * p["blush"], np.array([0.9, 0.35, 0.4], np.float32))
     colour = p["hair"] * 0.9
-    if p["beard"] == 2:  # full beard: the face below the cheekbones
+    if p["beard"] == 2:  # full beard: the face below the nose, bare round the mouth
         d = np.maximum(-_ellipse(x - feat, y - mouth_y + 0.01, p["mouth_w"] + 0.05, 0.09),
                        (nose_tip - 0.02) - y)  # fmt: skip
         cv.paint(win, face * cv.coverage(d), colour)
@@ -415,6 +433,8 @@ def _draw_hair(cv: _Canvas, p: dict, fcx: float) -> None:
     ha, hb, hcy = a + vol, b + vol, cy - 0.6 * vol
     # The window reaches higher than the ellipse, for spikes and buns.
     win = cv.window(fcx, hcy - 0.08, ha + 0.03, hb + 0.12)
+    if win is None:
+        return
     x, y = cv.x[win] - fcx, cv.y[win]
     d = _ellipse(x, y - hcy, ha, hb)
     # Hairlines sit above the eyebrows (at their highest, raised) whatever the face's layout.
