@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cure_jax.losses.cure import l2_normalize
+from cure_jax.models.heads import cosine_logits
 
 
 def class_logits(
@@ -29,7 +29,7 @@ def class_logits(
     Returns:
         Logits, shape [N, C].
     """
-    return scale * (l2_normalize(unit_emb_NxD) @ l2_normalize(class_centres_CxD).T)
+    return scale * cosine_logits(unit_emb_NxD, class_centres_CxD)
 
 
 def accuracy(logits_NxC: jax.Array, labels_N: jax.Array) -> jax.Array:

@@ -7,15 +7,9 @@ lives in `cure_jax.losses.margin`, since only the training loss uses it.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-_EPS = 1e-12
-
-
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """x / ||x|| with an epsilon inside the root so that the gradient at 0 stays finite."""
-    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + _EPS)
+from cure_jax.losses.cure import l2_normalize
 
 
 def cosine_logits(emb_BxD: jax.Array, centres_CxD: jax.Array) -> jax.Array:
