@@ -74,16 +74,13 @@ class MetricLog:
 
 def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_steps: int,
              mesh, checkpointer: Checkpointer, log_path: pathlib.Path, log_every: int,
-             checkpoint_every: int, progress: bool, desc: str,
-             extra_state: Callable[[], dict] | None = None,
-             crash_at_step: int = 0):
+             checkpoint_every: int, progress: bool, desc: str, crash_at_step: int = 0):
     """Runs `state, metrics = step_fn(state, batch, root_key)` until `state.step == num_steps`.
 
     Args:
       step_fn: the jitted step; it folds the step counter into `root_key` itself.
       state: a pytree with a `step` field, already placed on the mesh.
       iterator: yields host batches (dicts of NumPy arrays); `get_state()` is checkpointed.
-      extra_state: more JSON-able host state to save with each checkpoint.
       crash_at_step: testing aid: the process exits abruptly after this step (0: never), as if
         it had been killed, to exercise resuming.
 
@@ -106,8 +103,7 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
             bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()
                              if k in ("loss", "accuracy", "lr")})
         if save:
-            extra = {"iterator": iterator.get_state(), **(extra_state() if extra_state else {})}
-            checkpointer.save(step, state, extra)
+            checkpointer.save(step, state, {"iterator": iterator.get_state()})
         if crash_at_step and step == crash_at_step:
             # A kill right after the latest checkpoint reached the disk: no cleanup, no final
             # save. (A kill during a save is Orbax's to handle: unfinished saves are ignored.)
