@@ -3,7 +3,15 @@
     python -m cure_jax.train --config smoke --workdir /tmp/smoke
 """
 
-from cure_jax.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig
+from cure_jax.config import (
+    Config,
+    CureConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    UnlearnConfig,
+)
 
 
 def get_config() -> Config:
@@ -13,7 +21,12 @@ def get_config() -> Config:
                         num_verification_identities=6, verification_images_per_identity=4,
                         num_verification_pairs=40),
         model=ModelConfig(width=0.125, embedding_dim=32),
-        teacher=OptimConfig(batch_size=16, epochs=3, milestones=(2.0,), warmup_epochs=0.0),
+        teacher=OptimConfig(batch_size=16, epochs=10, milestones=(7.0,), warmup_epochs=0.0),
+        unlearn=UnlearnConfig(forget_identities=2),
+        student=OptimConfig(batch_size=8, epochs=4, lr=0.001, milestones=(3.0,),
+                            warmup_epochs=0.0),
+        cure=CureConfig(forget_clusters=2, retain_clusters=4, refresh_every=2.0,
+                        kmeans_restarts=1),
         run=RunConfig(log_every=2, checkpoint_every=4, progress=False),
     )
 

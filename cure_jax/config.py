@@ -37,6 +37,7 @@ class DataConfig:
     on_bad_image: str = "error"  # "error" | "skip" an unreadable image
     # Both.
     holdout_per_identity: float = 0.2  # share of each identity's images kept out of training
+    augment_shift: int = 0  # training augmentation: random translation of up to this many pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +56,69 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """SGD with momentum, weight decay and a step schedule (the teacher's optimiser)."""
+    """Optimiser and learning-rate schedule: SGD with momentum (the papers') or AdamW."""
 
     batch_size: int = 64
     epochs: int = 8
+    optimizer: str = "sgd"  # "sgd" (momentum, coupled weight decay) | "adamw" (decoupled)
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.5
+    schedule: str = "step"  # "step": x `decay` at each milestone | "cosine": cosine to zero
     milestones: tuple[float, ...] = (5.0, 7.0)  # epochs at which the lr is multiplied by `decay`
     decay: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnConfig:
+    """The unlearning request and the method that serves it."""
+
+    method: str = "cure"  # a name registered in cure_jax.methods
+    forget_identities: int = 20  # identities to forget (drawn among the training identities)
+    forget_fraction: float = 0.0  # share of identities to forget instead of a count (0: use count)
+    seed: int = 0  # seeds which identities are forgotten
+    # Student batch norm: "frozen" (the teacher's running statistics, not updated: the student
+    # starts exactly at the teacher) | "train" (batch statistics, running averages updated).
+    batch_norm: str = "frozen"
+
+
+@dataclasses.dataclass(frozen=True)
+class CureConfig:
+    """CURE (SPEC section 2). Defaults marked "ours" were lost from the paper; see
+    docs/interpretations.md."""
+
+    forget_clusters: int = 20  # K_f (ours)
+    retain_clusters: int = 50  # K_r (ours)
+    refresh_every: float = 5.0  # tau: epochs between forget-cluster refreshes (paper: 5)
+    head_reset: str = "centroids"  # on refresh: "centroids" (W_h = unit c_f) | "keep" (ours)
+    margin: float = 0.3  # m of the contrastive hinges (ours)
+    temperature_pl: float = 0.1  # T of the pseudo-label cross-entropy (ours)
+    temperature_fd: float = 0.1  # T of the feature distribution KL (ours)
+    contrastive_retain: str = "nearest"  # "nearest" | "mean" retain centroid in L_con (ours)
+    feature_match_on: str = "raw"  # "raw" | "unit" embeddings in L_fm (ours)
+    w_pl: float = 1.0
+    w_cosf: float = 1.0
+    w_con: float = 1.0
+    w_cosr: float = 1.0
+    w_fm: float = 1.0
+    w_fd: float = 1.0
+    kmeans_iters: int = 30
+    kmeans_restarts: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DispersionConfig:
+    """Embedding dispersion (SPEC section 3): spread each forget group over the sphere."""
+
+    weight: float = 1.0  # w_disp of the dispersion term
+    kind: str = "mean"  # "mean" | "hard" (hardest positive) | "uniformity" (smooth)
+    uniformity_t: float = 2.0  # t of the uniformity form
+    groups: str = "clusters"  # "clusters" (k-means of teacher forget embeddings) | "labels"
+    groups_per_batch: int = 16  # P of the P x K forget batches (P * K = student.batch_size)
+    images_per_group: int = 4  # K
+    # Method `dispersion`: multiplies CURE's retain terms (w_cosr, w_fm, w_fd); 0 = forget only.
+    retain_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +127,8 @@ class EvalConfig:
 
     batch_size: int = 128
     flip: bool = True  # arcface_torch flip test: embed image and mirror, sum, normalise
+    ues_alpha: float = 0.5  # forget weight of the Unlearning Efficiency Score
+    membership_threshold: float = 0.5  # max softmax probability above which a sample "is known"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +152,12 @@ class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     teacher: OptimConfig = OptimConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    # The unlearning methods' optimiser; an epoch is one pass over the forget set.
+    student: OptimConfig = OptimConfig(batch_size=64, epochs=20, lr=0.01, warmup_epochs=0.0,
+                                       milestones=(10.0, 15.0))
+    cure: CureConfig = CureConfig()
+    dispersion: DispersionConfig = DispersionConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
 
@@ -105,6 +167,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_image": ("error", "skip"),
     "model.depth": ("r18", "r34", "r50", "r100"),
     "model.head": ("arcface", "cosface"),
+    "teacher.optimizer": ("sgd", "adamw"),
+    "teacher.schedule": ("step", "cosine"),
+    "student.optimizer": ("sgd", "adamw"),
+    "student.schedule": ("step", "cosine"),
+    "unlearn.batch_norm": ("frozen", "train"),
+    "cure.head_reset": ("centroids", "keep"),
+    "cure.contrastive_retain": ("nearest", "mean"),
+    "cure.feature_match_on": ("raw", "unit"),
+    "dispersion.kind": ("mean", "hard", "uniformity"),
+    "dispersion.groups": ("clusters", "labels"),
 }
 
 

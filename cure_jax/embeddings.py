@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import numpy as np
 from flax import nnx
@@ -12,11 +14,12 @@ from data_pipelines.pipelines import eval_batches
 
 
 def make_embed_fn(graph_eval: nnx.GraphDef):
-    """`embed(params, batch_stats, images) -> raw embeddings [B, D]` with running BN statistics."""
+    """`embed(params, batch_stats, images) -> raw embeddings [B, D]` of a backbone's evaluation
+    graph (running BN statistics, no dropout)."""
 
     @jax.jit
     def embed(params, batch_stats, images):
-        return nnx.merge(graph_eval, params, batch_stats).backbone(images)
+        return nnx.merge(graph_eval, params, batch_stats)(images)
 
     return embed
 
@@ -41,3 +44,40 @@ def embed_source(embed, params, batch_stats, source, *, batch_size: int, mesh,
         emb = np.concatenate([np.asarray(e)[m] for e, m in chunks])
         total = emb if total is None else total + emb
     return total
+
+
+def cached_embeddings(path, embed, params, batch_stats, source, *, batch_size: int, mesh,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Raw embeddings [N, D] of every record of `source` and of its mirror images, computed once
+    and kept in the .npz file at `path` (a later call with the same source size reads it back).
+    """
+    path = pathlib.Path(path)
+    if path.exists():
+        with np.load(path) as cache:
+            if len(cache["plain"]) == len(source):
+                return cache["plain"], cache["flipped"]
+    plain = embed_source(embed, params, batch_stats, source, batch_size=batch_size, mesh=mesh,
+                         progress=progress, desc="teacher embeddings")
+    flipped = embed_source(embed, params, batch_stats, MirroredSource(source),
+                           batch_size=batch_size, mesh=mesh, progress=progress,
+                           desc="teacher embeddings (mirrored)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, plain=plain, flipped=flipped)
+    partial.replace(path)  # a crash never leaves a half-written cache behind
+    return plain, flipped
+
+
+class MirroredSource:
+    """The records of `source` with their images mirrored left to right."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = dict(self.source[index])
+        record["image"] = record["image"][:, ::-1]
+        return record

@@ -74,7 +74,8 @@ class MetricLog:
 
 def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_steps: int,
              mesh, checkpointer: Checkpointer, log_path: pathlib.Path, log_every: int,
-             checkpoint_every: int, progress: bool, desc: str, crash_at_step: int = 0):
+             checkpoint_every: int, progress: bool, desc: str, crash_at_step: int = 0,
+             after_step: Callable | None = None):
     """Runs `state, metrics = step_fn(state, batch, root_key)` until `state.step == num_steps`.
 
     Args:
@@ -83,6 +84,8 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
       iterator: yields host batches (dicts of NumPy arrays); `get_state()` is checkpointed.
       crash_at_step: testing aid: the process exits abruptly after this step (0: never), as if
         it had been killed, to exercise resuming.
+      after_step: optional `state = after_step(state, step)` run between steps, before the
+        step's checkpoint (CURE's cluster refresh), so that a resumed run sees its result.
 
     Returns:
       The final state.
@@ -97,6 +100,8 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
         log.add(metrics)
         step += 1
         bar.update(1)
+        if after_step is not None:
+            state = after_step(state, step)
         save = step % checkpoint_every == 0 or step == num_steps
         if save or step % log_every == 0:
             summary = log.flush(step, checkpointer)

@@ -55,21 +55,30 @@ def split_model(model: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
 
 
 def lr_schedule(config: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warm-up, then the base rate multiplied by `decay` at each milestone epoch."""
+    """Linear warm-up, then either the base rate multiplied by `decay` at each milestone epoch
+    ("step") or a cosine decay to zero at the last epoch ("cosine")."""
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    boundaries = {int(m * steps_per_epoch) - warmup: config.decay for m in config.milestones}
-    constant = optax.piecewise_constant_schedule(config.lr, boundaries)
+    if config.schedule == "cosine":
+        after = optax.cosine_decay_schedule(config.lr, max(config.epochs * steps_per_epoch
+                                                           - warmup, 1))
+    else:
+        boundaries = {int(m * steps_per_epoch) - warmup: config.decay for m in config.milestones}
+        after = optax.piecewise_constant_schedule(config.lr, boundaries)
     if warmup <= 0:
-        return constant
+        return after
     ramp = optax.linear_schedule(config.lr / max(warmup, 1), config.lr, warmup)
-    return optax.join_schedules([ramp, constant], [warmup])
+    return optax.join_schedules([ramp, after], [warmup])
 
 
 def make_optimizer(config: OptimConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay, as PyTorch's `SGD(weight_decay=...)`."""
+    """SGD with momentum and coupled weight decay (PyTorch's `SGD(weight_decay=...)`, as the
+    papers), or AdamW with decoupled weight decay."""
+    schedule = lr_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay)
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(lr_schedule(config, steps_per_epoch), momentum=config.momentum),
+        optax.sgd(schedule, momentum=config.momentum),
     )
 
 
@@ -105,7 +114,26 @@ def make_train_step(graph: nnx.GraphDef, tx: optax.GradientTransformation,
 
 
 class Teacher(NamedTuple):
+    """The trained backbone and margin head (graphs of the whole `FaceModel`)."""
+
     graphs: Graphs
+    params: nnx.State
+    batch_stats: nnx.State
+
+    def class_centres(self) -> jax.Array:
+        """The margin head's class centres W [C, D] (raw; only their direction matters)."""
+        return self.params["head"]["centres"][...]
+
+    def backbone(self) -> tuple[Graphs, Backbone]:
+        """The backbone alone: its graphs and arrays (what unlearning starts from)."""
+        model = nnx.merge(self.graphs.train, self.params, self.batch_stats)
+        graphs, params, batch_stats = split_model(model.backbone)
+        return graphs, Backbone(params, batch_stats)
+
+
+class Backbone(NamedTuple):
+    """The arrays of a backbone (teacher or student)."""
+
     params: nnx.State
     batch_stats: nnx.State
 
@@ -137,7 +165,7 @@ def train_teacher(config, data, workdir, mesh) -> Teacher:
     folder = pathlib.Path(workdir) / "teacher"
     checkpointer = Checkpointer(folder / "checkpoints", max_to_keep=config.run.max_to_keep)
     iterator = train_iterator(train_dataset(train_source, batch_size=optim.batch_size,
-                                            seed=config.data.seed))
+                                            seed=config.data.seed, shift=config.data.augment_shift))
     log_path = folder / "metrics.jsonl"
     latest = checkpointer.latest_step()
     if latest is not None:
@@ -146,10 +174,15 @@ def train_teacher(config, data, workdir, mesh) -> Teacher:
         truncate_log(log_path, latest)
         print(f"teacher: resuming from step {latest} of {num_steps} ({folder / 'checkpoints'})")
     step_fn = make_train_step(graphs.train, tx, config.model, schedule)
-    state = run_loop(step_fn=step_fn, state=state, root_key=jax.random.key(config.run.seed),
-                     iterator=iterator, num_steps=num_steps, mesh=mesh, checkpointer=checkpointer,
-                     log_path=log_path, log_every=config.run.log_every,
-                     checkpoint_every=config.run.checkpoint_every, progress=config.run.progress,
-                     desc="teacher", crash_at_step=config.run.crash_at_step)
-    checkpointer.close()
+    try:
+        state = run_loop(step_fn=step_fn, state=state, root_key=jax.random.key(config.run.seed),
+                         iterator=iterator, num_steps=num_steps, mesh=mesh,
+                         checkpointer=checkpointer, log_path=log_path,
+                         log_every=config.run.log_every,
+                         checkpoint_every=config.run.checkpoint_every,
+                         progress=config.run.progress, desc="teacher",
+                         crash_at_step=config.run.crash_at_step)
+    finally:
+        # Also on an error (a non-finite loss): pending saves finish, threads stop.
+        checkpointer.close()
     return Teacher(graphs, state.params, state.batch_stats)

@@ -68,15 +68,26 @@ def normalize(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0 - 0.5) / 0.5
 
 
-def _train_record(record: dict, rng: np.random.Generator) -> dict:
-    image = record["image"]
+def random_shift(image: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translates by up to `shift` pixels in each direction, filling with the edge pixels."""
+    if shift <= 0:
+        return image
+    dy, dx = rng.integers(-shift, shift + 1, size=2)
+    padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
+    size_y, size_x = image.shape[:2]
+    return padded[shift + dy:shift + dy + size_y, shift + dx:shift + dx + size_x]
+
+
+def _train_record(record: dict, rng: np.random.Generator, shift: int) -> dict:
+    image = random_shift(record["image"], shift, rng)
     if rng.random() < 0.5:
         image = image[:, ::-1]
     return {"image": normalize(image), "label": np.int32(record["label"])}
 
 
-def train_dataset(source, *, batch_size: int, seed: int) -> grain.MapDataset:
-    """Endless training batches: reshuffled every epoch, random horizontal flip, normalised.
+def train_dataset(source, *, batch_size: int, seed: int, shift: int = 0) -> grain.MapDataset:
+    """Endless training batches: reshuffled every epoch, random shift of up to `shift` pixels,
+    random horizontal flip, normalised.
 
     The result has random access (`dataset[step]` is the batch of that step), which makes the
     iterator's state a single index and resuming exact.
@@ -89,7 +100,7 @@ def train_dataset(source, *, batch_size: int, seed: int) -> grain.MapDataset:
         .seed(seed)
         .shuffle()
         .repeat(None)
-        .random_map(_train_record)
+        .random_map(lambda record, rng: _train_record(record, rng, shift))
         .batch(batch_size, drop_remainder=True)
     )
 
@@ -126,3 +137,117 @@ def eval_batches(source, *, batch_size: int, flip: bool = False) -> Iterator[dic
         .map(lambda batch: _pad_batch(batch, batch_size))
     )
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
+
+
+class TargetSource:
+    """Images with a per-image target vector for each orientation, and no labels.
+
+    Records are {"image", "target", "target_flipped", "index"}: `target` belongs to the image as
+    stored, `target_flipped` to its mirror image (a frozen model's embeddings, say), so that a
+    random flip keeps image and target in step.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, targets_flipped: np.ndarray):
+        if not len(images) == len(targets) == len(targets_flipped):
+            raise ValueError(f"{len(images)} images but {len(targets)} and "
+                             f"{len(targets_flipped)} targets")
+        self.images = images
+        self.targets = np.asarray(targets, np.float32)
+        self.targets_flipped = np.asarray(targets_flipped, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "target": self.targets[index],
+                "target_flipped": self.targets_flipped[index], "index": np.int32(index)}
+
+
+def _target_record(record: dict, rng: np.random.Generator) -> dict:
+    flip = rng.random() < 0.5
+    image = record["image"][:, ::-1] if flip else record["image"]
+    target = record["target_flipped"] if flip else record["target"]
+    return {"image": normalize(image), "target": target, "index": record["index"]}
+
+
+def target_dataset(source: TargetSource, *, batch_size: int, seed: int) -> grain.MapDataset:
+    """Endless shuffled batches {"image", "target", "index"} with random horizontal flips."""
+    if len(source) < batch_size:
+        raise ValueError(f"{len(source)} images are fewer than one batch ({batch_size}); lower "
+                         "student.batch_size")
+    return (
+        grain.MapDataset.source(source)
+        .seed(seed)
+        .shuffle()
+        .repeat(None)
+        .random_map(_target_record)
+        .batch(batch_size, drop_remainder=True)
+    )
+
+
+class ZipIterator:
+    """Named iterators advanced together: `next()` gives {name: batch}; the state is their
+    states, so that resuming restores every stream."""
+
+    def __init__(self, **iterators):
+        self.iterators = iterators
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return {name: next(it) for name, it in self.iterators.items()}
+
+    def get_state(self) -> dict:
+        return {name: it.get_state() for name, it in self.iterators.items()}
+
+    def set_state(self, state: dict) -> None:
+        for name, it in self.iterators.items():
+            it.set_state(state[name])
+
+
+# Enough P x K batches for any run; the dataset is lazy, so its length costs nothing.
+_ENDLESS = 2**40
+
+
+def pk_indices(groups_N: np.ndarray, *, groups_per_batch: int, images_per_group: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Record indices of one P x K batch: P groups, K images of each.
+
+    Only groups with at least two images are drawn (a group of one has no pair to act on). Groups
+    are drawn without replacement when there are at least P of them, images without replacement
+    when a group has at least K.
+
+    Returns:
+      int64 [P * K], group by group.
+    """
+    names, counts = np.unique(groups_N, return_counts=True)
+    eligible = names[counts >= 2]
+    if len(eligible) == 0:
+        raise ValueError("no group has two or more images: a P x K batch needs positives")
+    chosen = rng.choice(eligible, size=groups_per_batch,
+                        replace=len(eligible) < groups_per_batch)
+    rows = []
+    for group in chosen:
+        members = np.flatnonzero(groups_N == group)
+        rows.append(rng.choice(members, size=images_per_group,
+                               replace=len(members) < images_per_group))
+    return np.concatenate(rows)
+
+
+def pk_dataset(source: TargetSource, groups_N: np.ndarray, *, groups_per_batch: int,
+               images_per_group: int, seed: int) -> grain.MapDataset:
+    """Endless P x K batches {"image", "target", "index"} of `source`, with random flips, so that
+    every batch holds several images of each of its groups. Batch `i` depends only on (seed, i),
+    which keeps resuming exact."""
+    groups_N = np.asarray(groups_N)
+    if len(groups_N) != len(source):
+        raise ValueError(f"{len(groups_N)} group ids for {len(source)} records")
+
+    def make_batch(_, rng: np.random.Generator) -> dict:
+        rows = pk_indices(groups_N, groups_per_batch=groups_per_batch,
+                          images_per_group=images_per_group, rng=rng)
+        records = [_target_record(source[int(row)], rng) for row in rows]
+        return {key: np.stack([r[key] for r in records]) for key in records[0]}
+
+    return grain.MapDataset.range(0, _ENDLESS).seed(seed).random_map(make_batch)

@@ -30,3 +30,45 @@ def holdout_split(labels_N: np.ndarray, *, fraction: float, seed: int
         holdout.append(members[:count])
         train.append(members[count:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
+
+
+def forget_identities(labels_N: np.ndarray, *, count: int, fraction: float, seed: int
+                      ) -> np.ndarray:
+    """The identities an unlearning request names: `count` of them, or `fraction` of all.
+
+    Args:
+      labels_N: identity label per training record.
+      count: number of identities to forget (used when `fraction` is 0).
+      fraction: share of the identities to forget, in (0, 1); 0 means use `count`.
+      seed: seeds which identities are drawn.
+
+    Returns:
+      Sorted int64 identity labels.
+
+    Raises:
+      ValueError: the request is empty or names every identity (nothing would be retained).
+    """
+    identities = np.unique(labels_N)
+    if fraction:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"unlearn.forget_fraction={fraction} must be in (0, 1)")
+        count = int(round(fraction * len(identities)))
+    if count < 1:
+        raise ValueError("the forget set is empty: set unlearn.forget_identities >= 1 or "
+                         "unlearn.forget_fraction > 0")
+    if count >= len(identities):
+        raise ValueError(f"the forget set would cover all {len(identities)} identities "
+                         f"(asked for {count}); nothing would be retained")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(identities, size=count, replace=False)).astype(np.int64)
+
+
+def forget_retain_split(labels_N: np.ndarray, indices: np.ndarray, forget_ids: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Splits record `indices` into those of the forget identities and the rest.
+
+    Returns:
+      (forget_indices, retain_indices), each a subset of `indices` in its order.
+    """
+    is_forget = np.isin(labels_N[indices], forget_ids)
+    return indices[is_forget], indices[~is_forget]

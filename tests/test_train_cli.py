@@ -82,3 +82,60 @@ def test_unknown_key_and_missing_folder_are_clear_errors(tmp_path, capsys):
                        "data.source=folder", "--set", f"data.root={tmp_path / 'missing'}"])
     assert code == 1
     assert "missing" in capsys.readouterr().err
+
+
+def _unlearn_metrics(workdir):
+    return json.loads((workdir / "cure" / "metrics.json").read_text())
+
+
+def test_whole_job_writes_report_and_metrics(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert train.main(["--config", "smoke", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher (before) |" in out and "| cure (after) |" in out
+    report = (workdir / "cure" / "report.md").read_text()
+    assert "Table 1" in report and "Table 2" in report
+    metrics = _unlearn_metrics(workdir)
+    for key in ("forget_acc_before", "forget_acc_after", "retain_acc_after", "ues",
+                "verification_before", "verification_after", "layer_distance"):
+        assert key in metrics, key
+    assert metrics["forget_identities"] == 2
+    assert (workdir / "teacher" / "embeddings.npz").exists()
+    # Another method's settings reuse the teacher; the same method with other settings is
+    # refused in its folder.
+    code = train.main(["--config", "smoke", "--workdir", str(workdir), "--set", "cure.margin=0.1"])
+    assert code == 1
+    assert "cure.margin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("unlearn.method=nope", "unknown unlearning method 'nope'"),
+    ("unlearn.forget_identities=0", "forget set is empty"),
+    ("unlearn.forget_identities=8", "would cover all 8 identities"),
+    ("cure.forget_clusters=50", "forget_clusters=50 is more than the 16 forget images"),
+])
+def test_bad_requests_fail_before_any_training(tmp_path, capsys, override, message):
+    workdir = tmp_path / "bad"
+    assert train.main(["--config", "smoke", "--workdir", str(workdir), "--set", override]) == 1
+    assert message in capsys.readouterr().err
+    assert not (workdir / "teacher").exists()
+
+
+@pytest.mark.slow
+def test_unlearning_resumes_after_a_kill_with_the_same_result(tmp_path):
+    common = ["--config", "smoke"]
+    straight = tmp_path / "straight"
+    out = _run_cli([*common, "--workdir", str(straight)])
+    assert out.returncode == 0, out.stderr
+    crashed = tmp_path / "crashed"
+    # A finished teacher takes no more steps, so the crash step counts CURE's (checkpoint every 4).
+    out = _run_cli([*common, "--workdir", str(crashed), "--stage", "teacher"])
+    assert out.returncode == 0, out.stderr
+    out = _run_cli([*common, "--workdir", str(crashed), "--set", "run.crash_at_step=5"])
+    assert out.returncode == 75, out.stderr
+    out = _run_cli([*common, "--workdir", str(crashed)])
+    assert out.returncode == 0, out.stderr
+    assert "cure: resuming from step 4" in out.stdout
+    a, b = _unlearn_metrics(straight), _unlearn_metrics(crashed)
+    for key in ("forget_acc_after", "retain_acc_after", "verification_after", "layer_distance"):
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key

@@ -116,3 +116,25 @@ def uniformity_dispersion_loss(
     safe_sum = jnp.where(has_pairs, sum_exp, 1.0)
     log_mean = shift + jnp.log(safe_sum) - jnp.log(jnp.maximum(count, 1).astype(sum_exp.dtype))
     return jnp.where(has_pairs, log_mean, 0.0)
+
+
+def dispersion_loss(
+    emb_BxD: jax.Array,
+    groups_B: jax.Array,
+    *,
+    kind: str,
+    t: float = 2.0,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """One of the three forms by name: ``"mean"``, ``"hard"`` or ``"uniformity"`` (with ``t``).
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind == "mean":
+        return mean_dispersion_loss(emb_BxD, groups_B, mask=mask)
+    if kind == "hard":
+        return hard_dispersion_loss(emb_BxD, groups_B, mask=mask)
+    if kind == "uniformity":
+        return uniformity_dispersion_loss(emb_BxD, groups_B, t=t, mask=mask)
+    raise ValueError(f"unknown dispersion kind {kind!r}; valid: mean, hard, uniformity")

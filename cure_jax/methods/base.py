@@ -1,0 +1,134 @@
+"""What every unlearning method receives and returns, and the registry of methods by name.
+
+A method is a function `run(context) -> Backbone`. The context holds the frozen teacher, the
+forget and retain images with the teacher's cached embeddings of them, the device mesh and a
+folder for the method's checkpoints and logs. It holds no identity labels and no class centres:
+that is what "unsupervised unlearning" means here, and the evaluator (which has the labels) is
+not importable from the methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from jax.sharding import Mesh
+
+from cure_jax.teacher import Backbone, Graphs
+from data_pipelines.pipelines import (
+    TargetSource,
+    ZipIterator,
+    pk_dataset,
+    target_dataset,
+    train_iterator,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlabelledSet:
+    """One side of a request (forget or retain): images and the teacher's embeddings of them.
+
+    Attributes:
+      images: uint8 [N, S, S, 3].
+      teacher: float32 [N, D] raw teacher embeddings of `images`.
+      teacher_flipped: float32 [N, D] raw teacher embeddings of the mirrored images.
+    """
+
+    images: np.ndarray
+    teacher: np.ndarray
+    teacher_flipped: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def source(self) -> TargetSource:
+        return TargetSource(self.images, self.teacher, self.teacher_flipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnContext:
+    """Everything a method may use.
+
+    Attributes:
+      config: the run's `Config` (methods read `student`, `unlearn` and their own section).
+      graphs: the backbone's graphs; `teacher` holds its arrays.
+      teacher: the frozen original backbone; the student starts as a copy.
+      forget: the images to forget.
+      retain: the images to keep.
+      mesh: the device mesh.
+      folder: the method's folder (checkpoints, metrics.jsonl).
+      forget_groups: int [N_f] identity of each forget image, only when the request carries
+        them (`dispersion.groups=labels`); None keeps unlearning label-free.
+    """
+
+    config: object
+    graphs: Graphs
+    teacher: Backbone
+    forget: UnlabelledSet
+    retain: UnlabelledSet
+    mesh: Mesh
+    folder: pathlib.Path
+    forget_groups: np.ndarray | None = None
+
+
+Method = Callable[[UnlearnContext], Backbone]
+# `check(config, num_forget, num_retain)` raises ValueError for a request the method cannot serve.
+Check = Callable[[object, int, int], None]
+
+
+class MethodSpec(NamedTuple):
+    run: Method
+    check: Check | None
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, check: Check | None = None) -> Callable[[Method], Method]:
+    """Decorator adding a method to the registry under `name`, with an optional `check` run
+    before any training starts."""
+
+    def add(method: Method) -> Method:
+        if name in METHODS:
+            raise ValueError(f"unlearning method {name!r} is registered twice")
+        METHODS[name] = MethodSpec(method, check)
+        return method
+
+    return add
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown unlearning method {name!r} (unlearn.method); valid: "
+                         f"{', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def paired_iterator(context: UnlearnContext, *, batch_size: int, seed: int,
+                    forget_groups: np.ndarray | None = None, dispersion=None) -> ZipIterator:
+    """Endless {"forget", "retain"} batches, each {"image", "target", "index"}; the target is the
+    teacher's embedding of the (possibly mirrored) image. With `dispersion` (a
+    `DispersionConfig`), forget batches are P x K over `forget_groups`."""
+    if dispersion is None:
+        forget = target_dataset(context.forget.source(), batch_size=batch_size, seed=seed)
+    else:
+        forget = pk_dataset(context.forget.source(), forget_groups,
+                            groups_per_batch=dispersion.groups_per_batch,
+                            images_per_group=dispersion.images_per_group, seed=seed)
+    return ZipIterator(
+        forget=train_iterator(forget),
+        retain=train_iterator(target_dataset(context.retain.source(), batch_size=batch_size,
+                                             seed=seed + 1)),
+    )
+
+
+def check_batches(config, num_forget: int, num_retain: int) -> None:
+    """Raises ValueError when the forget or retain set cannot fill one student batch."""
+    batch_size = config.student.batch_size
+    for name, count in (("forget", num_forget), ("retain", num_retain)):
+        if count < batch_size:
+            raise ValueError(f"the {name} set has {count} images, fewer than one batch of "
+                             f"student.batch_size={batch_size}; lower it")

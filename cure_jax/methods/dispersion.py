@@ -1,0 +1,57 @@
+"""Dispersion unlearning (SPEC section 3): a forgotten identity's faces stop finding each other.
+
+Two methods on CURE's machinery (`cure_jax.methods.cure.unlearn`), with P x K forget batches so
+that every batch holds several images of each forget group:
+
+- `dispersion`: the paper's setting. Updates are driven by the forget set's dispersion term;
+  CURE's retain terms (scaled by `dispersion.retain_weight`, 0 removes them) keep the rest.
+- `cure+dispersion`: CURE's six terms plus the dispersion term, in one step.
+
+Groups are the k-means clusters of the teacher's forget embeddings (label-free), or the
+identities when the request carries them (`dispersion.groups=labels`). They are fixed for the
+run: clusters of already-dispersed embeddings would mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cure_jax.config import CureConfig
+from cure_jax.methods.base import Backbone, UnlearnContext, register
+from cure_jax.methods.cure import check_request, unlearn
+
+
+def check_dispersion(config, num_forget: int, num_retain: int) -> None:
+    """CURE's checks plus a P x K batch that fills one student batch."""
+    check_request(config, num_forget, num_retain)
+    dispersion = config.dispersion
+    pk = dispersion.groups_per_batch * dispersion.images_per_group
+    if pk != config.student.batch_size:
+        raise ValueError(f"dispersion.groups_per_batch * dispersion.images_per_group = {pk} must "
+                         f"equal student.batch_size={config.student.batch_size}")
+    if dispersion.images_per_group < 2:
+        raise ValueError("dispersion.images_per_group must be >= 2: a group needs pairs")
+
+
+def without_forget_terms(cure: CureConfig, retain_scale: float) -> CureConfig:
+    """CURE settings with the three forget terms removed and the retain terms scaled."""
+    return dataclasses.replace(cure, w_pl=0.0, w_cosf=0.0, w_con=0.0,
+                               w_cosr=cure.w_cosr * retain_scale, w_fm=cure.w_fm * retain_scale,
+                               w_fd=cure.w_fd * retain_scale)
+
+
+@register("dispersion", check=check_dispersion)
+def run_dispersion(context: UnlearnContext) -> Backbone:
+    """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
+    config = context.config
+    cure = without_forget_terms(config.cure, config.dispersion.retain_weight)
+    return unlearn(context, name="dispersion", cure=cure, dispersion=config.dispersion,
+                   refresh=False)
+
+
+@register("cure+dispersion", check=check_dispersion)
+def run_cure_dispersion(context: UnlearnContext) -> Backbone:
+    """CURE's six terms plus the dispersion term, in one jitted step."""
+    config = context.config
+    return unlearn(context, name="cure+dispersion", cure=config.cure,
+                   dispersion=config.dispersion)

@@ -1,0 +1,131 @@
+"""The CURE method: one compiled step that moves forget embeddings away from the teacher and keeps
+retain embeddings, cluster refreshes, and requests refused before training."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cure_jax import config as config_lib
+from cure_jax import sharding
+from cure_jax.embeddings import make_embed_fn
+from cure_jax.losses.cure import cosine
+from cure_jax.methods import cure, get_method
+from cure_jax.methods.base import UnlabelledSet, UnlearnContext
+from cure_jax.teacher import Teacher, build_model, lr_schedule, make_optimizer, split_model
+from data_pipelines.pipelines import normalize
+
+SMOKE = config_lib.load_config("smoke")
+
+
+def _context(tmp_path, config=SMOKE, num_forget=24, num_retain=48, seed=0):
+    rng = np.random.default_rng(seed)
+    # Two kinds of images, so that forget and retain differ and k-means has structure.
+    images = rng.integers(0, 256, (num_forget + num_retain, 32, 32, 3), dtype=np.uint8)
+    images[:num_forget, :16] //= 4
+    model = build_model(config.model, num_classes=8, image_size=32, seed=seed)
+    for _ in range(40):
+        # Running batch-norm statistics of these images, as a trained teacher would have.
+        model.backbone(jnp.asarray(normalize(images)))
+    graphs, params, stats = split_model(model)
+    backbone_graphs, backbone = Teacher(graphs, params, stats).backbone()
+    embed = make_embed_fn(backbone_graphs.eval)
+
+    def teacher_emb(batch):
+        return np.asarray(embed(backbone.params, backbone.batch_stats, normalize(batch)))
+
+    plain, flipped = teacher_emb(images), teacher_emb(images[:, :, ::-1])
+    sets = [UnlabelledSet(images[s], plain[s], flipped[s])
+            for s in (slice(0, num_forget), slice(num_forget, None))]
+    mesh = sharding.make_mesh(1)
+    return UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
+                          forget=sets[0], retain=sets[1], mesh=mesh, folder=tmp_path)
+
+
+def _batch(context, rows_f, rows_r):
+    def side(unlabelled, rows):
+        return {"image": jnp.asarray(normalize(unlabelled.images[rows])),
+                "target": jnp.asarray(unlabelled.teacher[rows]),
+                "index": jnp.asarray(rows, jnp.int32)}
+    return {"forget": side(context.forget, rows_f), "retain": side(context.retain, rows_r)}
+
+
+def _mean_cos(context, backbone_params, stats, unlabelled):
+    embed = make_embed_fn(context.graphs.eval)
+    emb = embed(backbone_params, stats, normalize(unlabelled.images))
+    return float(jnp.mean(cosine(emb, jnp.asarray(unlabelled.teacher))))
+
+
+def test_step_compiles_once_and_erases_forget_but_keeps_retain(tmp_path):
+    config = config_lib.apply_overrides(SMOKE, ["student.lr=0.001"])
+    context = _context(tmp_path, config)
+    tx = make_optimizer(config.student, 3)
+    state = cure.initial_state(context, tx, jax.random.key(0))
+    step = cure.make_cure_step(context.graphs, tx, config.cure,
+                               lr_schedule(config.student, 3))
+    for i in range(15):
+        rows_f = np.arange(8) + 8 * (i % 3)
+        rows_r = np.arange(8) + 8 * (i % 6)
+        state, metrics = step(state, _batch(context, rows_f, rows_r), jax.random.key(0))
+        assert np.isfinite(float(metrics["loss"]))
+    assert step._cache_size() == 1
+    assert int(state.step) == 15
+    params, stats = state.params["backbone"], state.batch_stats
+    forget_cos = _mean_cos(context, params, stats, context.forget)
+    retain_cos = _mean_cos(context, params, stats, context.retain)
+    # The teacher is at cosine 1 with itself on both sets; CURE separates them.
+    assert forget_cos < retain_cos - 0.2, (forget_cos, retain_cos)
+    assert retain_cos > 0.8
+
+
+def test_a_zero_weight_removes_its_term_from_the_step(tmp_path):
+    config = config_lib.apply_overrides(SMOKE, ["cure.w_pl=0", "cure.w_con=0"])
+    context = _context(tmp_path, config)
+    tx = make_optimizer(config.student, 3)
+    state = cure.initial_state(context, tx, jax.random.key(0))
+    step = cure.make_cure_step(context.graphs, tx, config.cure,
+                               lr_schedule(config.student, 3))
+    _, metrics = step(state, _batch(context, np.arange(8), np.arange(8)), jax.random.key(0))
+    assert float(metrics["L_pl"]) == 0.0 and float(metrics["L_con"]) == 0.0
+    assert float(metrics["L_cosf"]) != 0.0
+    weighted = sum(getattr(config.cure, f"w_{n}") * float(metrics[f"L_{n}"])
+                   for n in ("pl", "cosf", "con", "cosr", "fm", "fd"))
+    np.testing.assert_allclose(float(metrics["loss"]), weighted, rtol=1e-5)
+
+
+def test_initial_clusters_come_from_the_teacher_and_refresh_resets_the_head(tmp_path):
+    context = _context(tmp_path)
+    tx = make_optimizer(context.config.student, 3)
+    state = cure.initial_state(context, tx, jax.random.key(0))
+    k_f = context.config.cure.forget_clusters
+    assert state.forget_centroids.shape == (k_f, context.teacher.params["fc"]["kernel"].shape[1])
+    np.testing.assert_allclose(np.linalg.norm(state.params["head"], axis=1), 1.0, rtol=1e-5)
+    labels = np.asarray(state.pseudo_labels)
+    assert labels.shape == (len(context.forget),) and labels.max() < k_f
+    # y~ is the farthest cluster from the nearest one: never the nearest itself.
+    nearest = np.argmax(np.asarray(state.forget_centroids) @ (
+        context.forget.teacher / np.linalg.norm(context.forget.teacher, axis=1, keepdims=True)).T,
+        axis=0)
+    assert np.all(labels != nearest)
+
+    moved = state._replace(params={"backbone": state.params["backbone"],
+                                   "head": jnp.zeros_like(state.params["head"])})
+    refreshed = cure.make_refresh(context, jax.random.key(1))(moved)
+    np.testing.assert_allclose(np.asarray(refreshed.params["head"]),
+                               np.asarray(refreshed.forget_centroids))
+    keep = dataclasses.replace(context, config=config_lib.apply_overrides(
+        SMOKE, ["cure.head_reset=keep"]))
+    kept = cure.make_refresh(keep, jax.random.key(1))(moved)
+    assert float(jnp.abs(kept.params["head"]).max()) == 0.0
+
+
+def test_requests_the_method_cannot_serve_are_refused(tmp_path):
+    check = get_method("cure").check
+    with pytest.raises(ValueError, match="forget_clusters=2 is more than the 1 forget"):
+        check(config_lib.apply_overrides(SMOKE, ["student.batch_size=1"]), 1, 40)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        check(SMOKE, 4, 40)
+    with pytest.raises(ValueError, match="valid: cure"):
+        get_method("nope")
