@@ -14,6 +14,19 @@ import pathlib
 import typing
 from typing import Any
 
+from cure_jax.config_baselines import (
+    BadTeacherConfig,
+    BaselinesConfig,
+    BoundaryShrinkConfig,
+    FinetuneConfig,
+    GradAscentConfig,
+    NegGradConfig,
+    RandomLabelConfig,
+    RetrainConfig,
+    ScrubConfig,
+    UnsirConfig,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -158,6 +171,16 @@ class Config:
                                        milestones=(10.0, 15.0))
     cure: CureConfig = CureConfig()
     dispersion: DispersionConfig = DispersionConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    scrub: ScrubConfig = ScrubConfig()
+    bad_teacher: BadTeacherConfig = BadTeacherConfig()
+    unsir: UnsirConfig = UnsirConfig()
+    neggrad: NegGradConfig = NegGradConfig()
+    random_label: RandomLabelConfig = RandomLabelConfig()
+    grad_ascent: GradAscentConfig = GradAscentConfig()
+    boundary_shrink: BoundaryShrinkConfig = BoundaryShrinkConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    retrain: RetrainConfig = RetrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
 
@@ -177,6 +200,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cure.feature_match_on": ("raw", "unit"),
     "dispersion.kind": ("mean", "hard", "uniformity"),
     "dispersion.groups": ("clusters", "labels"),
+    "baselines.labels": ("pseudo", "true"),
 }
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.embeddings import embed_source
+from cure_jax.metrics.mia import attack_accuracy, attack_features
 from cure_jax.metrics.retrieval import cluster_compactness, retrieval_metrics
 from cure_jax.metrics.unlearning import layer_distance, unlearning_summary
 from cure_jax.metrics.verification import pair_distances, verify
@@ -127,8 +128,9 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
       The metrics, a flat dict of floats: `unlearning_summary` (accuracies, UES, confidence,
       entropy, activation distance, completeness, membership recall), layer distance, held-out
       accuracies of forget and retain identities, retrieval (R@1, R@5, mAP, CS of forget and
-      retain identities, over every image of the training identities) and verification, each
-      before and after; and the pool's unit embeddings before and after.
+      retain identities, over every image of the training identities), membership inference
+      accuracy (forget training images against held-out images of the forget identities) and
+      verification, each before and after; and the pool's unit embeddings before and after.
     """
     batch, scale = config.eval.batch_size, config.model.scale
     labels = data.records.labels
@@ -159,6 +161,16 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
             emb = embeddings(model, indices, f"{name} images")
             pool[when].append(emb)
             metrics[f"{name}_acc_{when}"] = identity_accuracy(emb, labels[indices], centres_CxD)
+    if len(split.forget_holdout) >= 5:
+        # Members: the forget training images; non-members: never-trained images of the same
+        # people. Features from the teacher's identity head, before and after.
+        holdout_labels = labels[split.forget_holdout]
+        for when, parts in pool.items():
+            members = attack_features(
+                np.asarray(class_logits_of(parts[0], centres_CxD, scale)), labels[split.forget])
+            nonmembers = attack_features(
+                np.asarray(class_logits_of(parts[2], centres_CxD, scale)), holdout_labels)
+            metrics[f"mia_{when}"] = attack_accuracy(members, nonmembers)
     pool_labels = labels[np.concatenate(pool_indices)]
     is_forget = np.isin(pool_labels, split.forget_identities)
     units = {when: unit(np.concatenate(parts)) for when, parts in pool.items()}

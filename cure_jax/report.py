@@ -42,12 +42,13 @@ def behaviour_table(m: dict, method: str) -> str:
     """Table 2: confidence drop, entropy increase, distances, completeness, membership recall."""
     header = ["method", "conf drop (forget)", "conf drop (retain)", "entropy inc (forget)",
               "entropy inc (retain)", "activation dist", "layer dist", "completeness",
-              "membership recall (before -> after)"]
+              "membership recall (before -> after)", "MIA accuracy (before -> after)"]
     row = [method, _num(m.get("conf_drop_forget")), _num(m.get("conf_drop_retain")),
            _num(m.get("entropy_increase_forget")), _num(m.get("entropy_increase_retain")),
            _num(m.get("activation_distance")), _num(m.get("layer_distance")),
            _num(m.get("completeness")),
-           f"{_pct(m.get('membership_recall_before'))} -> {_pct(m.get('membership_recall_after'))}"]
+           f"{_pct(m.get('membership_recall_before'))} -> {_pct(m.get('membership_recall_after'))}",
+           f"{_pct(m.get('mia_before'))} -> {_pct(m.get('mia_after'))}"]
     return table(header, [row])
 
 
@@ -151,6 +152,118 @@ def plot_embeddings(evaluation, path, *, title: str, max_retain: int = 1500, see
     axes[2].legend(fontsize=8)
     axes[2].set_title("cluster compactness")
     fig.suptitle(f"{title}: forget identities in colour")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rows(results: dict, cells) -> list[list[str]]:
+    """A "teacher (before)" row from the first method's before-values, then one row per method."""
+    first = next(iter(results.values()))
+    rows = [["teacher (before)", *cells(first, "before", None)]]
+    rows += [[name, *cells(m, "after", name)] for name, m in results.items()]
+    return rows
+
+
+def comparison_report(results: dict, *, title: str) -> str:
+    """comparison.md: the papers' Tables 1 and 2, retrieval and membership inference, with the
+    wall time of each method. `results` maps method name to its metrics.json."""
+    retrain = results.get("retrain")
+
+    def table1(m, when, name):
+        return [_pct(m.get(f"forget_acc_{when}")), _pct(m.get(f"retain_acc_{when}")),
+                "-" if name is None else _num(m.get("ues")),
+                _pct(m.get(f"verification_{when}")), _pct(m.get(f"tar_at_far_{when}")),
+                _pct(m.get(f"forget_holdout_acc_{when}")),
+                "-" if name is None else f"{m.get('unlearn_seconds', math.nan):.0f}"]
+
+    def table2(m, when, name):
+        if name is None:
+            return ["-"] * 6 + [_pct(m.get("membership_recall_before"))]
+        return [_num(m.get("conf_drop_forget")), _num(m.get("entropy_increase_forget")),
+                _num(m.get("conf_drop_retain")), _num(m.get("activation_distance")),
+                _num(m.get("layer_distance")), _num(m.get("completeness")),
+                _pct(m.get("membership_recall_after"))]
+
+    def table3(m, when, name):
+        return [_pct(m.get(f"forget_r1_{when}")), _pct(m.get(f"forget_map_{when}")),
+                _num(m.get(f"forget_cs_{when}")), _pct(m.get(f"retain_r1_{when}")),
+                _pct(m.get(f"retain_map_{when}")), _num(m.get(f"retain_cs_{when}"))]
+
+    def table4(m, when, name):
+        value = m.get(f"mia_{when}")
+        gap = "-"
+        if retrain is not None and value is not None and name is not None:
+            gap = f"{100 * (value - retrain.get('mia_after', math.nan)):+.2f}"
+        return [_pct(value), gap]
+
+    first = next(iter(results.values()))
+    parts = [
+        f"# {title}",
+        "",
+        f"{first.get('forget_identities', '?')} identities forgotten "
+        f"({first.get('forget_images', '?')} training images), "
+        f"{first.get('retain_images', '?')} retained training images; one teacher for all "
+        "methods. Accuracies in %. UES with alpha = "
+        f"{first.get('ues_alpha', 0.5)}.",
+        "",
+        "## Table 1: accuracy",
+        "",
+        table(["method", "forget acc", "retain acc", "UES", "verification", "TAR@FAR=1e-3",
+               "forget held-out acc", "seconds"], _rows(results, table1)),
+        "",
+        "## Table 2: behaviour",
+        "",
+        table(["method", "conf drop (forget)", "entropy inc (forget)", "conf drop (retain)",
+               "activation dist", "layer dist", "completeness", "membership recall"],
+              _rows(results, table2)),
+        "",
+        "## Retrieval",
+        "",
+        table(["method", "forget R@1", "forget mAP", "forget CS", "retain R@1", "retain mAP",
+               "retain CS"], _rows(results, table3)),
+        "",
+        "## Membership inference",
+        "",
+        "Logistic-regression attack on loss, confidence and entropy: forget training images "
+        "against held-out images of the same people, balanced, 5-fold cross-validated (50% = "
+        "cannot tell). Gap: points above the model retrained without the forget set.",
+        "",
+        table(["method", "attack accuracy", "gap to retrain"], _rows(results, table4)),
+        "",
+        "![forget against retain accuracy](comparison.png)",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def plot_comparison(results: dict, path, *, title: str) -> None:
+    """Forget accuracy against retain accuracy for every method, with UES contour lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    f0, r0 = first["forget_acc_before"], first["retain_acc_before"]
+    alpha = first.get("ues_alpha", 0.5)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    grid_f, grid_r = np.meshgrid(np.linspace(0, 1, 201), np.linspace(0, 1, 201))
+    ues = alpha * (f0 - grid_f) / f0 - (1 - alpha) * (r0 - grid_r) / r0
+    contours = ax.contour(100 * grid_f, 100 * grid_r, ues, levels=np.arange(-0.5, 0.55, 0.1),
+                          colors="0.7", linewidths=0.8)
+    ax.clabel(contours, fmt="UES %.1f", fontsize=7)
+    ax.scatter([100 * f0], [100 * r0], marker="*", s=150, color="black", zorder=3)
+    ax.annotate("teacher", (100 * f0, 100 * r0), textcoords="offset points", xytext=(5, 5))
+    for name, m in results.items():
+        x, y = 100 * m["forget_acc_after"], 100 * m["retain_acc_after"]
+        ax.scatter([x], [y], s=40, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.set_xlabel("forget accuracy (%)  (lower is better)")
+    ax.set_ylabel("retain accuracy (%)  (higher is better)")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -23,7 +23,7 @@ from cure_jax import methods, sharding
 from cure_jax.embeddings import cached_embeddings, make_embed_fn
 from cure_jax.evaluation import RequestSplit, evaluate_backbone, evaluate_unlearning
 from cure_jax.loop import NonFiniteLossError
-from cure_jax.methods.base import UnlabelledSet, UnlearnContext
+from cure_jax.methods.base import Supervision, UnlabelledSet, UnlearnContext
 from cure_jax.report import plot_embeddings, unlearning_report
 from cure_jax.teacher import Teacher, train_teacher
 from data_pipelines.datasets import load_face_data
@@ -33,6 +33,8 @@ from data_pipelines.splits import forget_identities
 STAGES = ("teacher", "all")
 # What the teacher depends on: a workdir's teacher is reused only when these keys agree.
 TEACHER_KEYS = ("data.", "model.", "teacher.", "run.seed")
+# What every method's result depends on, besides its own config sections.
+METHOD_KEYS = ("unlearn.", "student.", "baselines.", "eval.")
 
 
 def parse_args(argv):
@@ -104,7 +106,13 @@ def run_unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher: Teache
     """Runs `unlearn.method` on the request, evaluates the student, writes the report."""
     name = config.unlearn.method
     folder = workdir / name
-    prepare_folder(folder, config)
+    spec = methods.get_method(name)
+    prepare_folder(folder, config, only=(*TEACHER_KEYS, *METHOD_KEYS,
+                                         *(f"{section}." for section in spec.sections)))
+    if (folder / "metrics.json").exists():
+        print(f"{name}: finished earlier, reusing {folder / 'metrics.json'}")
+        print("\n" + (folder / "report.md").read_text())
+        return json.loads((folder / "metrics.json").read_text())
     graphs, backbone = teacher.backbone()
     embed = make_embed_fn(graphs.eval)
     # The teacher's embeddings of every training image, both orientations: computed once per
@@ -123,9 +131,13 @@ def run_unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher: Teache
         mesh=mesh, folder=folder,
         # Identity labels reach a method only when the request itself names them.
         forget_groups=(data.records.labels[split.forget]
-                       if config.dispersion.groups == "labels" else None))
+                       if config.dispersion.groups == "labels" else None),
+        supervision=(Supervision(data.records.labels[split.forget],
+                                 data.records.labels[split.retain],
+                                 np.asarray(teacher.class_centres()), config.model.scale)
+                     if config.baselines.labels == "true" else None))
     start = time.perf_counter()
-    student = methods.get_method(name).run(context)
+    student = spec.run(context)
     seconds = time.perf_counter() - start
     evaluation = evaluate_unlearning(
         embed=embed, teacher=backbone, student=student, centres_CxD=teacher.class_centres(),

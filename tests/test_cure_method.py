@@ -129,3 +129,32 @@ def test_requests_the_method_cannot_serve_are_refused(tmp_path):
         check(SMOKE, 4, 40)
     with pytest.raises(ValueError, match="valid: cure"):
         get_method("nope")
+
+
+def test_dispersion_term_spreads_each_forget_group(tmp_path):
+    from cure_jax.methods.dispersion import without_forget_terms
+
+    config = config_lib.apply_overrides(SMOKE, ["student.lr=0.003", "dispersion.weight=1"])
+    context = _context(tmp_path, config)
+    cure_config = without_forget_terms(config.cure, 1.0)
+    tx = make_optimizer(config.student, 3)
+    state = cure.initial_state(context, tx, jax.random.key(0), cure_config)
+    groups = np.asarray(state.groups)
+    step = cure.make_cure_step(context.graphs, tx, cure_config, lr_schedule(config.student, 3),
+                               dispersion=config.dispersion)
+    embed = make_embed_fn(context.graphs.eval)
+
+    def within_group_cos(params, stats):
+        z = np.asarray(embed(params, stats, normalize(context.forget.images)))
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        same = (groups[:, None] == groups[None, :]) & ~np.eye(len(groups), dtype=bool)
+        return float((z @ z.T)[same].mean())
+
+    before = within_group_cos(state.params["backbone"], state.batch_stats)
+    for i in range(10):
+        state, metrics = step(state, _batch(context, np.arange(8) + 8 * (i % 3),
+                                            np.arange(8) + 8 * (i % 6)), jax.random.key(0))
+    assert step._cache_size() == 1
+    assert "L_disp" in metrics and float(metrics["L_pl"]) == 0.0
+    after = within_group_cos(state.params["backbone"], state.batch_stats)
+    assert after < before - 0.1, (before, after)

@@ -139,3 +139,22 @@ def test_unlearning_resumes_after_a_kill_with_the_same_result(tmp_path):
     a, b = _unlearn_metrics(straight), _unlearn_metrics(crashed)
     for key in ("forget_acc_after", "retain_acc_after", "verification_after", "layer_distance"):
         assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_compare_runs_methods_on_one_teacher_and_reuses_finished_ones(tmp_path, capsys):
+    from cure_jax import compare
+
+    workdir = tmp_path / "cmp"
+    args = ["--config", "smoke", "--workdir", str(workdir), "--methods", "dispersion,cure",
+            "--set", "dispersion.groups_per_batch=2"]
+    assert compare.main(args) == 0
+    report = (workdir / "comparison.md").read_text()
+    assert "| cure |" in report and "| dispersion |" in report and "Table 2" in report
+    results = json.loads((workdir / "comparison.json").read_text())
+    assert list(results) == ["dispersion", "cure"]
+    assert (workdir / "comparison.png").stat().st_size > 0
+    capsys.readouterr()
+    assert compare.main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 2
+    assert compare.main([*args[:4], "--methods", "nope"]) == 2
+    assert "valid:" in capsys.readouterr().err

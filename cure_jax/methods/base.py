@@ -49,6 +49,24 @@ class UnlabelledSet:
 
 
 @dataclasses.dataclass(frozen=True)
+class Supervision:
+    """Identity labels and the teacher's identity classifier, for the supervised originals of the
+    baselines (`baselines.labels=true`) only.
+
+    Attributes:
+      forget_labels: int [N_f] identity of each forget image, in [0, C).
+      retain_labels: int [N_r] identity of each retain image.
+      class_centres: [C, D] the teacher's margin-head class centres.
+      scale: the margin head's logit scale s (logits `s * cos(z, W_c)`).
+    """
+
+    forget_labels: np.ndarray
+    retain_labels: np.ndarray
+    class_centres: np.ndarray
+    scale: float
+
+
+@dataclasses.dataclass(frozen=True)
 class UnlearnContext:
     """Everything a method may use.
 
@@ -62,6 +80,7 @@ class UnlearnContext:
       folder: the method's folder (checkpoints, metrics.jsonl).
       forget_groups: int [N_f] identity of each forget image, only when the request carries
         them (`dispersion.groups=labels`); None keeps unlearning label-free.
+      supervision: labels and class centres, only for `baselines.labels=true`; None otherwise.
     """
 
     config: object
@@ -72,6 +91,7 @@ class UnlearnContext:
     mesh: Mesh
     folder: pathlib.Path
     forget_groups: np.ndarray | None = None
+    supervision: Supervision | None = None
 
 
 Method = Callable[[UnlearnContext], Backbone]
@@ -82,19 +102,27 @@ Check = Callable[[object, int, int], None]
 class MethodSpec(NamedTuple):
     run: Method
     check: Check | None
+    sections: tuple[str, ...]  # the config sections the method reads besides the common ones
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, check: Check | None = None) -> Callable[[Method], Method]:
-    """Decorator adding a method to the registry under `name`, with an optional `check` run
-    before any training starts."""
+def register(name: str, *, check: Check | None = None,
+             sections: tuple[str, ...] | None = None) -> Callable[[Method], Method]:
+    """Decorator adding a method to the registry under `name`.
+
+    Args:
+      check: run before any training starts; raises ValueError for a request it cannot serve.
+      sections: the config sections the method reads besides `unlearn`, `student`, `baselines`
+        and `eval` (default: the section named like the method); a finished run of the method is
+        reused only while these agree.
+    """
 
     def add(method: Method) -> Method:
         if name in METHODS:
             raise ValueError(f"unlearning method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(method, check)
+        METHODS[name] = MethodSpec(method, check, (name,) if sections is None else sections)
         return method
 
     return add

@@ -40,7 +40,7 @@ def without_forget_terms(cure: CureConfig, retain_scale: float) -> CureConfig:
                                w_fd=cure.w_fd * retain_scale)
 
 
-@register("dispersion", check=check_dispersion)
+@register("dispersion", check=check_dispersion, sections=("cure", "dispersion"))
 def run_dispersion(context: UnlearnContext) -> Backbone:
     """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
     config = context.config
@@ -49,7 +49,7 @@ def run_dispersion(context: UnlearnContext) -> Backbone:
                    refresh=False)
 
 
-@register("cure+dispersion", check=check_dispersion)
+@register("cure+dispersion", check=check_dispersion, sections=("cure", "dispersion"))
 def run_cure_dispersion(context: UnlearnContext) -> Backbone:
     """CURE's six terms plus the dispersion term, in one jitted step."""
     config = context.config
