@@ -50,7 +50,7 @@ class DataConfig:
     on_bad_image: str = "error"  # "error" | "skip" an unreadable image
     # Both.
     holdout_per_identity: float = 0.2  # share of each identity's images kept out of training
-    augment_shift: int = 0  # training augmentation: random translation of up to this many pixels
+    augment_shift: int = 4  # training augmentation: random translation of up to this many pixels
 
 
 @dataclasses.dataclass(frozen=True)
