@@ -22,7 +22,7 @@ from flax import nnx
 
 from cure_jax import clustering, sharding
 from cure_jax.checkpointing import Checkpointer
-from cure_jax.config import CureConfig, DispersionConfig
+from cure_jax.config import CureConfig, DispersionConfig, OptimConfig
 from cure_jax.embeddings import embed_source, make_embed_fn
 from cure_jax.loop import run_loop, truncate_log
 from cure_jax.losses.cure import CureWeights, cure_loss, l2_normalize
@@ -170,7 +170,8 @@ def make_refresh(context: UnlearnContext, key: jax.Array, config: CureConfig | N
 
 
 def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
-            dispersion: DispersionConfig | None = None, refresh: bool = True) -> Backbone:
+            dispersion: DispersionConfig | None = None, refresh: bool = True,
+            optim: OptimConfig | None = None) -> Backbone:
     """Runs the CURE step (plus dispersion, when given) to the end of `student.epochs`, resuming
     from the latest checkpoint in `context.folder`.
 
@@ -179,9 +180,10 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
       cure: the CURE settings in effect (a method may zero some weights).
       dispersion: adds the dispersion term and draws forget batches P x K from its groups.
       refresh: re-cluster the forget set every `cure.refresh_every` epochs.
+      optim: the optimiser settings (default `student`).
     """
     config = context.config
-    optim = config.student
+    optim = optim or config.student
     steps_per_epoch = len(context.forget) // optim.batch_size
     num_steps = optim.epochs * steps_per_epoch
     refresh_steps = max(1, round(cure.refresh_every * steps_per_epoch))

@@ -45,8 +45,9 @@ def run_dispersion(context: UnlearnContext) -> Backbone:
     """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
     config = context.config
     cure = without_forget_terms(config.cure, config.dispersion.retain_weight)
+    optim = dataclasses.replace(config.student, lr=config.dispersion.lr)
     return unlearn(context, name="dispersion", cure=cure, dispersion=config.dispersion,
-                   refresh=False)
+                   refresh=False, optim=optim)
 
 
 @register("cure+dispersion", check=check_dispersion, sections=("cure", "dispersion"))
