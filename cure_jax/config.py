@@ -108,7 +108,7 @@ class CureConfig:
     refresh_every: float = 20.0
     head_reset: str = "centroids"  # on refresh: "centroids" (W_h = unit c_f) | "keep" (ours)
     margin: float = 0.3  # m of the contrastive hinges (ours)
-    temperature_pl: float = 0.1  # T of the pseudo-label cross-entropy (ours)
+    temperature_pl: float = 0.05  # T of the pseudo-label cross-entropy (ours, by experiment)
     temperature_fd: float = 0.1  # T of the feature distribution KL (ours)
     contrastive_retain: str = "nearest"  # "nearest" | "mean" retain centroid in L_con (ours)
     feature_match_on: str = "raw"  # "raw" | "unit" embeddings in L_fm (ours)
