@@ -21,7 +21,8 @@ def test_override_coerces_by_field_type():
 def test_unknown_key_lists_the_valid_keys():
     with pytest.raises(ConfigError, match="valid keys: .*lr.*momentum"):
         config_lib.apply_overrides(Config(), ["teacher.learning_rate=1"])
-    with pytest.raises(ConfigError, match="valid keys: bad_teacher, baselines, boundary_shrink, cure, data"):
+    with pytest.raises(ConfigError,
+                       match="valid keys: bad_teacher, baselines, boundary_shrink, cure, data"):
         config_lib.apply_overrides(Config(), ["optimiser.lr=1"])
 
 

@@ -127,7 +127,7 @@ def test_requests_the_method_cannot_serve_are_refused(tmp_path):
         check(config_lib.apply_overrides(SMOKE, ["student.batch_size=1"]), 1, 40)
     with pytest.raises(ValueError, match="fewer than one batch"):
         check(SMOKE, 4, 40)
-    with pytest.raises(ValueError, match="valid: cure"):
+    with pytest.raises(ValueError, match="valid: .*cure"):
         get_method("nope")
 
 
