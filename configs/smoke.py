@@ -4,6 +4,7 @@
 """
 
 from cure_jax.config import (
+    BaselinesConfig,
     Config,
     CureConfig,
     DataConfig,
@@ -25,6 +26,7 @@ def get_config() -> Config:
         unlearn=UnlearnConfig(forget_identities=2),
         student=OptimConfig(batch_size=8, epochs=4, lr=0.001, milestones=(3.0,),
                             warmup_epochs=0.0),
+        baselines=BaselinesConfig(clusters=4, kmeans_restarts=1),
         cure=CureConfig(forget_clusters=2, retain_clusters=4, refresh_every=2.0,
                         kmeans_restarts=1),
         run=RunConfig(log_every=2, checkpoint_every=4, progress=False),

@@ -1,0 +1,98 @@
+"""Bad Teacher (SPEC section 5; Chundawat et al. 2023): the student copies an incompetent teacher
+on the forget set and the competent one on the retain set.
+
+The incompetent teacher is a randomly initialised backbone of the same architecture (seeded by
+`unlearn.seed`), in evaluation mode. It is frozen, so its embeddings of the forget images (both
+orientations) are computed once, before training, and kept in the method's folder: the step then
+only runs the student. Data: the forget set plus a random `bad_teacher.retain_share` of the retain
+set, shuffled together; every image carries the embedding of the teacher it must follow, and the
+loss is one KL to that teacher's head distribution at temperature T, Adam.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optax
+
+from cure_jax.embeddings import cached_embeddings, make_embed_fn
+from cure_jax.methods.base import Backbone, UnlearnContext, register
+from cure_jax.methods.label_free import (
+    LabelledSource,
+    LossFn,
+    backbone_of,
+    check_labels,
+    distill_kl,
+    head_logits,
+    initial_state,
+    labelled_iterator,
+    make_labels,
+    make_step,
+    pass_steps,
+    phase_seed,
+    run_phase,
+)
+from cure_jax.teacher import build_model, split_model
+from data_pipelines.pipelines import ArraySource
+
+
+def follow_loss(*, scale: float, temperature: float) -> LossFn:
+    """`KL_T(followed teacher || student)` on a batch {"image", "target"}, where "target" is
+    the embedding of whichever teacher the image must follow."""
+
+    def loss_fn(student, centres_KxD, batch):
+        student_logits = head_logits(student(batch["image"]), centres_KxD, scale=scale)
+        target_logits = head_logits(batch["target"], centres_KxD, scale=scale)
+        kl = distill_kl(target_logits, student_logits, temperature=temperature)
+        return kl, {"kl": kl}
+
+    return loss_fn
+
+
+def incompetent_embeddings(context: UnlearnContext) -> tuple[np.ndarray, np.ndarray]:
+    """Raw embeddings [N_f, D] of the forget images and of their mirrors by a randomly
+    initialised backbone (evaluation mode), cached in the method's folder."""
+    config = context.config
+    images = context.forget.images
+    model = build_model(config.model, num_classes=1, image_size=images.shape[1],
+                        seed=config.unlearn.seed + 1)
+    graphs, params, batch_stats = split_model(model.backbone)
+    source = ArraySource(images, np.zeros(len(images), np.int32))
+    return cached_embeddings(context.folder / "incompetent_teacher.npz",
+                             make_embed_fn(graphs.eval), params, batch_stats, source,
+                             batch_size=config.eval.batch_size, mesh=context.mesh)
+
+
+def check_request(config, num_forget: int, num_retain: int) -> None:
+    check_labels(config, num_forget, num_retain)
+    share = config.bad_teacher.retain_share
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"bad_teacher.retain_share={share} must be in [0, 1]")
+
+
+@register("bad_teacher", check=check_request)
+def run(context: UnlearnContext) -> Backbone:
+    """`bad_teacher.epochs` passes over the forget set plus the sampled retain images."""
+    config = context.config
+    settings = config.bad_teacher
+    batch_size = config.student.batch_size
+    labels = make_labels(context)
+    bad, bad_flipped = incompetent_embeddings(context)
+    retain = context.retain
+    rng = np.random.default_rng(config.unlearn.seed)
+    rows = np.sort(rng.choice(len(retain), size=int(round(settings.retain_share * len(retain))),
+                              replace=False))
+    source = LabelledSource(
+        np.concatenate([context.forget.images, retain.images[rows]]),
+        np.concatenate([bad, retain.teacher[rows]]),
+        np.concatenate([bad_flipped, retain.teacher_flipped[rows]]),
+        np.zeros(len(context.forget) + len(rows), np.int32))  # the loss reads no label
+    tx = optax.adam(settings.lr)
+    step = make_step(context.graphs, tx, follow_loss(scale=labels.scale,
+                                                     temperature=settings.temperature),
+                     batch_norm=config.unlearn.batch_norm)
+    seed = phase_seed(context, 0)
+    state = run_phase(context, phase="bad_teacher", step_fn=step,
+                      state=initial_state(context, tx, labels.centres),
+                      iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
+                      num_steps=pass_steps(len(source), batch_size, settings.epochs), seed=seed)
+    return backbone_of(state)

@@ -1,0 +1,71 @@
+"""Random Labeling (SPEC section 5): train the forget images toward random wrong classes, then
+repair on the retain set.
+
+Each forget image gets one class drawn uniformly among the classes other than its own, fixed for
+the run (seeded by `unlearn.seed`); a phase of CE on those labels is followed by a phase of CE on
+the retain set. Classes are the k-means pseudo-labels of the teacher's embeddings, or identities
+with `baselines.labels=true` (`cure_jax.methods.label_free`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cure_jax.methods.base import Backbone, UnlearnContext, register
+from cure_jax.methods.label_free import (
+    LabelledSource,
+    backbone_of,
+    check_labels,
+    classifier_loss,
+    initial_state,
+    labelled_iterator,
+    make_labels,
+    make_step,
+    pass_steps,
+    phase_seed,
+    run_phase,
+    sgd,
+)
+
+
+def random_other_labels(labels_N: np.ndarray, *, num_classes: int, seed: int) -> np.ndarray:
+    """A class for each row drawn uniformly among the `num_classes - 1` others.
+
+    Returns:
+      int32 [N], never equal to `labels_N`.
+
+    Raises:
+      ValueError: with fewer than two classes there is no other class.
+    """
+    if num_classes < 2:
+        raise ValueError(f"random labels need two classes or more, got {num_classes}")
+    draw = np.random.default_rng(seed).integers(0, num_classes - 1, size=len(labels_N))
+    # Drawing from K - 1 values and skipping over the own label is uniform over the others.
+    return (draw + (draw >= labels_N)).astype(np.int32)
+
+
+@register("random_label", check=check_labels)
+def run(context: UnlearnContext) -> Backbone:
+    """`random_label.epochs` passes over the relabelled forget set, then `repair_epochs` over
+    the retain set, both minimising CE."""
+    config = context.config
+    settings = config.random_label
+    batch_size = config.student.batch_size
+    labels = make_labels(context)
+    tx = sgd(settings.lr, settings.momentum)
+    step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale),
+                     batch_norm=config.unlearn.batch_norm)
+    state = initial_state(context, tx, labels.centres)
+    wrong = random_other_labels(labels.forget, num_classes=len(labels.centres),
+                                seed=config.unlearn.seed)
+    phases = (("relabel", LabelledSource.of(context.forget, wrong), settings.epochs),
+              ("repair", LabelledSource.of(context.retain, labels.retain),
+               settings.repair_epochs))
+    for index, (phase, source, epochs) in enumerate(phases):
+        if epochs <= 0:
+            continue
+        seed = phase_seed(context, index)
+        state = run_phase(context, phase=phase, step_fn=step, state=state,
+                          iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
+                          num_steps=pass_steps(len(source), batch_size, epochs), seed=seed)
+    return backbone_of(state)

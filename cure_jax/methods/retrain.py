@@ -1,0 +1,72 @@
+"""Retraining from scratch on the retain set (SPEC section 5): the gold standard every
+approximate method should approach.
+
+A fresh model (`teacher.build_model`, seeded by `run.seed`) with a margin head over the classes
+trains on the retain images only, with the teacher's recipe (`teacher.*` optimiser and schedule,
+`model.*` head, `data.augment_shift`); `retrain.epochs` (0: the teacher's) sets its length.
+Classes are the k-means pseudo-labels of the teacher's embeddings (so no identity label is read),
+or identities with `baselines.labels=true`. Its backbone is returned; its head is discarded, as
+every method is evaluated on the teacher's class centres.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cure_jax import sharding
+from cure_jax.methods.base import Backbone, UnlearnContext, register
+from cure_jax.methods.label_free import make_labels, run_phase
+from cure_jax.teacher import (
+    Teacher,
+    build_model,
+    init_state,
+    lr_schedule,
+    make_optimizer,
+    make_train_step,
+    split_model,
+)
+from data_pipelines.pipelines import ArraySource, train_dataset, train_iterator
+
+
+def retrain_optim(config):
+    """The teacher's optimiser settings, with `retrain.epochs` when it is set."""
+    epochs = config.retrain.epochs
+    return config.teacher if epochs == 0 else dataclasses.replace(config.teacher, epochs=epochs)
+
+
+def check_request(config, num_forget: int, num_retain: int) -> None:
+    """Raises ValueError when the retain set cannot fill one teacher batch or be clustered."""
+    del num_forget
+    batch_size = config.teacher.batch_size
+    if num_retain < batch_size:
+        raise ValueError(f"the retain set has {num_retain} images, fewer than one batch of "
+                         f"teacher.batch_size={batch_size}; lower it")
+    if config.retrain.epochs < 0:
+        raise ValueError(f"retrain.epochs={config.retrain.epochs} must be >= 0")
+    clusters = config.baselines.clusters
+    if config.baselines.labels == "pseudo" and clusters > num_retain:
+        raise ValueError(f"baselines.clusters={clusters} is more than the {num_retain} retain "
+                         "images; lower it")
+
+
+@register("retrain", check=check_request)
+def run(context: UnlearnContext) -> Backbone:
+    """Trains a fresh model on the retain set, resuming from its latest checkpoint."""
+    config = context.config
+    optim = retrain_optim(config)
+    sharding.check_batch_size(optim.batch_size, context.mesh, "teacher.batch_size")
+    labels = make_labels(context)
+    source = ArraySource(context.retain.images, labels.retain)
+    steps_per_epoch = len(source) // optim.batch_size
+    model = build_model(config.model, num_classes=len(labels.centres),
+                        image_size=context.retain.images.shape[1], seed=config.run.seed)
+    graphs, params, batch_stats = split_model(model)
+    tx = make_optimizer(optim, steps_per_epoch)
+    step = make_train_step(graphs.train, tx, config.model, lr_schedule(optim, steps_per_epoch))
+    iterator = train_iterator(train_dataset(source, batch_size=optim.batch_size,
+                                            seed=config.data.seed,
+                                            shift=config.data.augment_shift))
+    state = run_phase(context, phase="retrain", step_fn=step,
+                      state=init_state(params, batch_stats, tx), iterator=iterator,
+                      num_steps=optim.epochs * steps_per_epoch, seed=config.run.seed)
+    return Teacher(graphs, state.params, state.batch_stats).backbone()[1]

@@ -1,0 +1,94 @@
+"""SCRUB (SPEC section 5; Kurmanji et al. 2023): a student that disobeys the teacher on the forget
+set and obeys it on the retain set.
+
+Each epoch (a pass over the retain set) starts, for the first `scrub.max_steps_epochs` epochs,
+with a "max" pass over the forget set minimising `-KL_T(teacher || student)`, then a "min" pass
+over the retain set minimising `gamma * CE + alpha * KL_T`. KL is summed over classes, averaged
+over the batch and multiplied by T^2. Both passes share one SGD optimiser (its momentum carries
+over), one jitted step each.
+
+The teacher's logits come from its cached embedding of the same (possibly mirrored) image, through
+the fixed head: the teacher network is not run. With frozen batch norm the student starts
+exactly at the teacher, where the KL and its gradient are 0: the first max pass moves nothing,
+and the ascent starts once a min pass has moved the student (as in the original, where dropout
+and batch statistics are what first separate the two).
+"""
+
+from __future__ import annotations
+
+from cure_jax.methods.base import Backbone, UnlearnContext, register
+from cure_jax.methods.label_free import (
+    LabelledSource,
+    LossFn,
+    backbone_of,
+    check_labels,
+    cross_entropy,
+    distill_kl,
+    head_logits,
+    initial_state,
+    labelled_iterator,
+    make_labels,
+    make_step,
+    pass_steps,
+    phase_seed,
+    run_phase,
+    sgd,
+)
+
+
+def max_loss(*, scale: float, temperature: float) -> LossFn:
+    """`-KL_T(teacher || student)` on a forget batch {"image", "target"}."""
+
+    def loss_fn(student, centres_KxD, batch):
+        student_logits = head_logits(student(batch["image"]), centres_KxD, scale=scale)
+        teacher_logits = head_logits(batch["target"], centres_KxD, scale=scale)
+        kl = distill_kl(teacher_logits, student_logits, temperature=temperature)
+        return -kl, {"kl_forget": kl}
+
+    return loss_fn
+
+
+def min_loss(*, scale: float, temperature: float, gamma: float, alpha: float) -> LossFn:
+    """`gamma * CE + alpha * KL_T(teacher || student)` on a retain batch {"image", "target",
+    "label"}."""
+
+    def loss_fn(student, centres_KxD, batch):
+        student_logits = head_logits(student(batch["image"]), centres_KxD, scale=scale)
+        teacher_logits = head_logits(batch["target"], centres_KxD, scale=scale)
+        ce = cross_entropy(student_logits, batch["label"])
+        kl = distill_kl(teacher_logits, student_logits, temperature=temperature)
+        return gamma * ce + alpha * kl, {"ce_retain": ce, "kl_retain": kl}
+
+    return loss_fn
+
+
+@register("scrub", check=check_labels)
+def run(context: UnlearnContext) -> Backbone:
+    """`scrub.epochs` epochs of (max pass over forget, for the first `max_steps_epochs`) and min
+    pass over retain."""
+    config = context.config
+    settings = config.scrub
+    batch_size = config.student.batch_size
+    labels = make_labels(context)
+    tx = sgd(settings.lr, settings.momentum)
+    batch_norm = config.unlearn.batch_norm
+    max_step = make_step(context.graphs, tx, max_loss(scale=labels.scale,
+                                                      temperature=settings.temperature),
+                         batch_norm=batch_norm)
+    min_step = make_step(context.graphs, tx, min_loss(
+        scale=labels.scale, temperature=settings.temperature, gamma=settings.gamma,
+        alpha=settings.alpha), batch_norm=batch_norm)
+    forget = LabelledSource.of(context.forget, labels.forget)
+    retain = LabelledSource.of(context.retain, labels.retain)
+    state = initial_state(context, tx, labels.centres)
+    index = 0
+    for epoch in range(settings.epochs):
+        passes = [("max", max_step, forget), ("min", min_step, retain)]
+        for kind, step, source in passes[0 if epoch < settings.max_steps_epochs else 1:]:
+            seed = phase_seed(context, index)
+            index += 1
+            state = run_phase(context, phase=f"epoch{epoch}-{kind}", step_fn=step, state=state,
+                              iterator=labelled_iterator(source, batch_size=batch_size,
+                                                         seed=seed),
+                              num_steps=pass_steps(len(source), batch_size, 1), seed=seed)
+    return backbone_of(state)
