@@ -112,9 +112,17 @@ def retrieval_summary(unit_NxD: np.ndarray, labels_N: np.ndarray, is_forget_N: n
     return out
 
 
+# Read through the teacher's class centres: meaningless for a student with its own space.
+HEAD_SCORED_AFTER = (
+    "forget_acc_after", "retain_acc_after", "ues", "conf_drop_forget", "conf_drop_retain",
+    "entropy_increase_forget", "entropy_increase_retain", "activation_distance", "completeness",
+    "membership_recall_after", "forget_holdout_acc_after", "retain_holdout_acc_after",
+    "mia_after")
+
+
 def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestSplit, data,
-                        config, mesh, teacher_forget: np.ndarray, teacher_retain: np.ndarray
-                        ) -> UnlearningEvaluation:
+                        config, mesh, teacher_forget: np.ndarray, teacher_retain: np.ndarray,
+                        own_embedding_space: bool = False) -> UnlearningEvaluation:
     """Everything the papers report about one student against its teacher.
 
     Args:
@@ -123,6 +131,8 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
       centres_CxD: the teacher's frozen margin-head class centres.
       split: the request's records.
       teacher_forget, teacher_retain: cached raw teacher embeddings of `split.forget`/`retain`.
+      own_embedding_space: the student does not descend from the teacher (retraining); the
+        after-values of `HEAD_SCORED_AFTER` are left out and `head_scored` is 0.
 
     Returns:
       The metrics, a flat dict of floats: `unlearning_summary` (accuracies, UES, confidence,
@@ -183,6 +193,10 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
                                           flip=config.eval.flip)
             metrics[f"verification_{when}"] = result["verification_accuracy"]
             metrics[f"tar_at_far_{when}"] = result["tar_at_far_1e-3"]
+    if own_embedding_space:
+        for key in HEAD_SCORED_AFTER:
+            metrics.pop(key, None)
+    metrics["head_scored"] = float(not own_embedding_space)
     metrics["forget_images"] = len(split.forget)
     metrics["retain_images"] = len(split.retain)
     metrics["forget_identities"] = len(split.forget_identities)

@@ -142,7 +142,7 @@ def run_unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher: Teache
     evaluation = evaluate_unlearning(
         embed=embed, teacher=backbone, student=student, centres_CxD=teacher.class_centres(),
         split=split, data=data, config=config, mesh=mesh, teacher_forget=plain[rows_forget],
-        teacher_retain=plain[rows_retain])
+        teacher_retain=plain[rows_retain], own_embedding_space=spec.own_embedding_space)
     metrics = evaluation.metrics
     plot_embeddings(evaluation, folder / "embeddings.png", title=f"{name} on {config.name}")
     metrics.update(method=name, unlearn_seconds=seconds, ues_alpha=config.eval.ues_alpha)

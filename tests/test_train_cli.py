@@ -158,3 +158,24 @@ def test_compare_runs_methods_on_one_teacher_and_reuses_finished_ones(tmp_path, 
     assert capsys.readouterr().out.count("finished earlier") == 2
     assert compare.main([*args[:4], "--methods", "nope"]) == 2
     assert "valid:" in capsys.readouterr().err
+
+
+def test_comparison_leaves_out_what_the_teacher_centres_cannot_score(tmp_path):
+    from cure_jax.report import comparison_report, plot_comparison
+
+    before = {"forget_acc_before": 0.9, "retain_acc_before": 0.9, "forget_map_before": 0.8,
+              "retain_map_before": 0.7, "mia_before": 0.55}
+    results = {
+        "cure": {**before, "forget_acc_after": 0.2, "retain_acc_after": 0.7, "ues": 0.28,
+                 "forget_map_after": 0.4, "retain_map_after": 0.6, "mia_after": 0.53,
+                 "head_scored": 1.0},
+        "retrain": {**before, "forget_map_after": 0.5, "retain_map_after": 0.65,
+                    "head_scored": 0.0},
+    }
+    report = comparison_report(results, title="t")
+    retrain_row = next(line for line in report.splitlines() if line.startswith("| retrain |"))
+    assert retrain_row.split("|")[2].strip() == "-"  # forget accuracy
+    assert "retrain: its own embedding space" in report
+    assert "nan" not in report
+    plot_comparison(results, tmp_path / "c.png", title="t")
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -103,13 +103,16 @@ class MethodSpec(NamedTuple):
     run: Method
     check: Check | None
     sections: tuple[str, ...]  # the config sections the method reads besides the common ones
+    # True when the returned backbone embeds into a space of its own (a model trained from
+    # scratch), so the teacher's class centres cannot score it.
+    own_embedding_space: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, check: Check | None = None,
-             sections: tuple[str, ...] | None = None) -> Callable[[Method], Method]:
+def register(name: str, *, check: Check | None = None, sections: tuple[str, ...] | None = None,
+             own_embedding_space: bool = False) -> Callable[[Method], Method]:
     """Decorator adding a method to the registry under `name`.
 
     Args:
@@ -117,12 +120,15 @@ def register(name: str, *, check: Check | None = None,
       sections: the config sections the method reads besides `unlearn`, `student`, `baselines`
         and `eval` (default: the section named like the method); a finished run of the method is
         reused only while these agree.
+      own_embedding_space: the method's backbone does not descend from the teacher, so the
+        metrics read through the teacher's class centres are left out of its evaluation.
     """
 
     def add(method: Method) -> Method:
         if name in METHODS:
             raise ValueError(f"unlearning method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(method, check, (name,) if sections is None else sections)
+        METHODS[name] = MethodSpec(method, check, (name,) if sections is None else sections,
+                                   own_embedding_space)
         return method
 
     return add
