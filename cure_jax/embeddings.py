@@ -32,18 +32,26 @@ def embed_source(embed, params, batch_stats, source, *, batch_size: int, mesh,
     With `flip`, the embedding of the mirrored image is added (arcface_torch's flip test sums the
     raw embeddings before normalising).
     """
-    sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
-    total = None
-    for mirrored in (False, True) if flip else (False,):
-        chunks = []
-        batches = eval_batches(source, batch_size=batch_size, flip=mirrored)
-        steps = -(-len(source) // batch_size)
-        for batch in tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False):
-            images = sharding.shard_batch(batch["image"], mesh)
-            chunks.append((embed(params, batch_stats, images), batch["mask"]))
-        emb = np.concatenate([np.asarray(e)[m] for e, m in chunks])
-        total = emb if total is None else total + emb
+    total = embed_pass(embed, params, batch_stats, source, batch_size=batch_size, mesh=mesh,
+                       mirrored=False, progress=progress, desc=desc)
+    if flip:
+        total = total + embed_pass(embed, params, batch_stats, source, batch_size=batch_size,
+                                   mesh=mesh, mirrored=True, progress=progress, desc=desc)
     return total
+
+
+def embed_pass(embed, params, batch_stats, source, *, batch_size: int, mesh, mirrored: bool,
+               progress: bool, desc: str) -> np.ndarray:
+    """Raw embeddings [N, D] of every image of `source` (mirrored left to right with
+    `mirrored`), in order."""
+    sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
+    chunks = []
+    steps = -(-len(source) // batch_size)
+    batches = eval_batches(source, batch_size=batch_size, flip=mirrored)
+    for batch in tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False):
+        images = sharding.shard_batch(batch["image"], mesh)
+        chunks.append((embed(params, batch_stats, images), batch["mask"]))
+    return np.concatenate([np.asarray(e)[m] for e, m in chunks])
 
 
 def cached_embeddings(path, embed, params, batch_stats, source, *, batch_size: int, mesh,
@@ -56,28 +64,14 @@ def cached_embeddings(path, embed, params, batch_stats, source, *, batch_size: i
         with np.load(path) as cache:
             if len(cache["plain"]) == len(source):
                 return cache["plain"], cache["flipped"]
-    plain = embed_source(embed, params, batch_stats, source, batch_size=batch_size, mesh=mesh,
-                         progress=progress, desc="teacher embeddings")
-    flipped = embed_source(embed, params, batch_stats, MirroredSource(source),
-                           batch_size=batch_size, mesh=mesh, progress=progress,
-                           desc="teacher embeddings (mirrored)")
+    plain, flipped = (
+        embed_pass(embed, params, batch_stats, source, batch_size=batch_size, mesh=mesh,
+                   mirrored=mirrored, progress=progress,
+                   desc="teacher embeddings" + (" (mirrored)" if mirrored else ""))
+        for mirrored in (False, True))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
     np.savez(partial, plain=plain, flipped=flipped)
     partial.replace(path)  # a crash never leaves a half-written cache behind
     return plain, flipped
 
-
-class MirroredSource:
-    """The records of `source` with their images mirrored left to right."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict:
-        record = dict(self.source[index])
-        record["image"] = record["image"][:, ::-1]
-        return record

@@ -18,27 +18,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from benchlib import timed_step
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
 from cure_jax import sharding, teacher
 from cure_jax.methods import cure
 from cure_jax.methods.base import UnlabelledSet, UnlearnContext
-
-
-def timed(step, state, batch, steps: int):
-    """(compile seconds, seconds per step, final state) of `state, _ = step(state, batch, key)`
-    (the step donates its state)."""
-    key = jax.random.key(0)
-    start = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    return compile_s, (time.perf_counter() - start) / steps, state
 
 
 def main() -> None:
@@ -66,7 +52,7 @@ def main() -> None:
     rows = []
     state = sharding.replicate(teacher.init_state(params, stats, tx), mesh)
     rows.append(("teacher step", batch,
-                 *timed(teacher_step, state, teacher_batch, args.steps)[:2]))
+                 *timed_step(teacher_step, state, teacher_batch, args.steps)[:2]))
 
     num_forget, num_retain = 640, 2000
     dim = config.model.embedding_dim
@@ -91,7 +77,7 @@ def main() -> None:
                     "target": rng.normal(size=(per_side, dim)).astype(np.float32),
                     "index": np.arange(per_side, dtype=np.int32)}
             cure_batch = sharding.shard_batch({"forget": side, "retain": side}, mesh)
-            compile_s, seconds, state = timed(step, state, cure_batch, args.steps)
+            compile_s, seconds, state = timed_step(step, state, cure_batch, args.steps)
             rows.append((f"CURE step ({per_side} forget + {per_side} retain)", 2 * per_side,
                          compile_s, seconds))
         refresh = cure.make_refresh(context, jax.random.key(1))

@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+from benchlib import timed_step
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
@@ -35,16 +36,8 @@ def bench_step(config, steps: int, num_classes: int) -> tuple[float, float]:
     batch = sharding.shard_batch({
         "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
         "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}, mesh)
-    key = jax.random.key(0)
-    start = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    return compile_s, steps * batch_size / (time.perf_counter() - start)
+    compile_s, seconds, _ = timed_step(step, state, batch, steps)
+    return compile_s, batch_size / seconds
 
 
 def bench_loader(source, batch_size: int, batches: int) -> float:

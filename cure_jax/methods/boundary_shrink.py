@@ -24,17 +24,9 @@ from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
     LabelledSource,
     Labels,
-    backbone_of,
     check_labels,
-    classifier_loss,
-    initial_state,
-    labelled_iterator,
+    cross_entropy_phases,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
-    sgd,
 )
 from data_pipelines.pipelines import ArraySource, eval_batches
 
@@ -96,18 +88,9 @@ def neighbour_labels(context: UnlearnContext, labels: Labels) -> tuple[np.ndarra
 def run(context: UnlearnContext) -> Backbone:
     """`boundary_shrink.epochs` passes over the forget set minimising CE to the neighbour
     labels."""
-    config = context.config
-    settings = config.boundary_shrink
-    batch_size = config.student.batch_size
     labels = make_labels(context)
     plain, mirrored = neighbour_labels(context, labels)
-    tx = sgd(settings.lr, settings.momentum)
-    step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale),
-                     batch_norm=config.unlearn.batch_norm)
-    seed = phase_seed(context, 0)
-    source = LabelledSource.of(context.forget, plain, mirrored)
-    state = run_phase(context, phase="shrink", step_fn=step,
-                      state=initial_state(context, tx, labels.centres),
-                      iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
-                      num_steps=pass_steps(len(source), batch_size, settings.epochs), seed=seed)
-    return backbone_of(state)
+    return cross_entropy_phases(
+        context, settings=context.config.boundary_shrink, labels=labels,
+        phases=[("shrink", LabelledSource.of(context.forget, plain, mirrored),
+                 context.config.boundary_shrink.epochs)])

@@ -304,3 +304,26 @@ def phase_seed(context: UnlearnContext, index: int) -> int:
 
 def backbone_of(state: StudentState) -> Backbone:
     return Backbone(state.params, state.batch_stats)
+
+
+def cross_entropy_phases(context: UnlearnContext, *, settings, labels: Labels,
+                         phases: list[tuple[str, LabelledSource, float]],
+                         sign: float = 1.0) -> Backbone:
+    """The run of the classifier baselines: `phases` one after the other, each `(folder name,
+    labelled images, epochs)`, all minimising `sign * CE` against the fixed head with one SGD
+    optimiser (`settings.lr`, `settings.momentum`) and one compiled step. A phase of 0 epochs
+    is skipped; each resumes on its own (`run_phase`)."""
+    config = context.config
+    batch_size = config.student.batch_size
+    tx = sgd(settings.lr, settings.momentum)
+    step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale, sign=sign),
+                     batch_norm=config.unlearn.batch_norm)
+    state = initial_state(context, tx, labels.centres)
+    for index, (phase, source, epochs) in enumerate(phases):
+        if epochs <= 0:
+            continue
+        seed = phase_seed(context, index)
+        state = run_phase(context, phase=phase, step_fn=step, state=state,
+                          iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
+                          num_steps=pass_steps(len(source), batch_size, epochs), seed=seed)
+    return backbone_of(state)

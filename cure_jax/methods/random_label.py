@@ -14,17 +14,9 @@ import numpy as np
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
     LabelledSource,
-    backbone_of,
     check_labels,
-    classifier_loss,
-    initial_state,
-    labelled_iterator,
+    cross_entropy_phases,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
-    sgd,
 )
 
 
@@ -50,22 +42,11 @@ def run(context: UnlearnContext) -> Backbone:
     the retain set, both minimising CE."""
     config = context.config
     settings = config.random_label
-    batch_size = config.student.batch_size
     labels = make_labels(context)
-    tx = sgd(settings.lr, settings.momentum)
-    step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale),
-                     batch_norm=config.unlearn.batch_norm)
-    state = initial_state(context, tx, labels.centres)
     wrong = random_other_labels(labels.forget, num_classes=len(labels.centres),
                                 seed=config.unlearn.seed)
-    phases = (("relabel", LabelledSource.of(context.forget, wrong), settings.epochs),
-              ("repair", LabelledSource.of(context.retain, labels.retain),
-               settings.repair_epochs))
-    for index, (phase, source, epochs) in enumerate(phases):
-        if epochs <= 0:
-            continue
-        seed = phase_seed(context, index)
-        state = run_phase(context, phase=phase, step_fn=step, state=state,
-                          iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
-                          num_steps=pass_steps(len(source), batch_size, epochs), seed=seed)
-    return backbone_of(state)
+    return cross_entropy_phases(
+        context, settings=settings, labels=labels,
+        phases=[("relabel", LabelledSource.of(context.forget, wrong), settings.epochs),
+                ("repair", LabelledSource.of(context.retain, labels.retain),
+                 settings.repair_epochs)])
