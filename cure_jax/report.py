@@ -200,9 +200,9 @@ def comparison_report(results: dict, *, title: str) -> str:
 
     def table4(m, when, name):
         value = m.get(f"mia_{when}")
-        gap = "-"
-        if mia_reference is not None and value is not None and name is not None:
-            gap = f"{100 * (value - mia_reference):+.2f}"
+        if mia_reference is None:
+            return [_pct(value)]
+        gap = "-" if value is None or name is None else f"{100 * (value - mia_reference):+.2f}"
         return [_pct(value), gap]
 
     own_space = [name for name, m in results.items() if not m.get("head_scored", 1.0)]
@@ -240,10 +240,11 @@ def comparison_report(results: dict, *, title: str) -> str:
         "",
         "Logistic-regression attack on loss, confidence and entropy: forget training images "
         "against held-out images of the same people, balanced, 5-fold cross-validated (50% = "
-        "cannot tell). Gap: points above the model retrained without the forget set, where it was "
-        "scored.",
+        "cannot tell)." + ("" if mia_reference is None else
+                           " Gap: points above the model retrained without the forget set."),
         "",
-        table(["method", "attack accuracy", "gap to retrain"], _rows(results, table4)),
+        table(["method", "attack accuracy", *([] if mia_reference is None else ["gap to retrain"])],
+              _rows(results, table4)),
         "",
         "![forget against retain accuracy and retrieval mAP](comparison.png)",
         "",
@@ -271,6 +272,8 @@ def plot_comparison(results: dict, path, *, title: str) -> None:
     ax_acc.clabel(contours, fmt="UES %.1f", fontsize=7)
     panels = ((ax_acc, "forget_acc", "retain_acc", "accuracy"),
               (ax_map, "forget_map", "retain_map", "retrieval mAP"))
+    # One colour per method in both panels.
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(results)}
     for ax, forget_key, retain_key, what in panels:
         before = (100 * first[f"{forget_key}_before"], 100 * first[f"{retain_key}_before"])
         ax.scatter(*before, marker="*", s=150, color="black", zorder=3)
@@ -279,7 +282,7 @@ def plot_comparison(results: dict, path, *, title: str) -> None:
             if f"{forget_key}_after" not in m:
                 continue
             point = (100 * m[f"{forget_key}_after"], 100 * m[f"{retain_key}_after"])
-            ax.scatter(*point, s=40, zorder=3)
+            ax.scatter(*point, s=40, zorder=3, color=colours[name])
             ax.annotate(name, point, textcoords="offset points", xytext=(5, -10), fontsize=8)
         ax.set_xlabel(f"forget {what} (%)  (lower is better)")
         ax.set_ylabel(f"retain {what} (%)  (higher is better)")
