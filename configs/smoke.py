@@ -8,6 +8,7 @@ from cure_jax.config import (
     Config,
     CureConfig,
     DataConfig,
+    DispersionConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
@@ -29,6 +30,8 @@ def get_config() -> Config:
         baselines=BaselinesConfig(clusters=4, kmeans_restarts=1),
         cure=CureConfig(forget_clusters=2, retain_clusters=4, refresh_every=2.0,
                         kmeans_restarts=1),
+        # As long as the student's run; 2 groups x 4 images fill its batch of 8.
+        dispersion=DispersionConfig(epochs=0, groups_per_batch=2),
         run=RunConfig(log_every=2, checkpoint_every=4, progress=False),
     )
 

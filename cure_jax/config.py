@@ -127,16 +127,20 @@ class DispersionConfig:
     """Embedding dispersion (SPEC section 3): spread each forget group over the sphere."""
 
     weight: float = 1.0  # w_disp of the dispersion term
-    kind: str = "mean"  # "mean" | "hard" (hardest positive) | "uniformity" (smooth)
+    # "mean" | "hard" (hardest positive) | "uniformity" (smooth): uniformity erased retrieval
+    # furthest for what the retained identities kept (docs/RESULTS.md).
+    kind: str = "uniformity"
     uniformity_t: float = 2.0  # t of the uniformity form
     groups: str = "clusters"  # "clusters" (k-means of teacher forget embeddings) | "labels"
     groups_per_batch: int = 16  # P of the P x K forget batches (P * K = student.batch_size)
     images_per_group: int = 4  # K
     # Method `dispersion`: multiplies CURE's retain terms (w_cosr, w_fm, w_fd); 0 = forget only.
-    retain_weight: float = 0.3  # x the CURE retain weights (10) = 3, by experiment
-    # Method `dispersion`: its learning rate (the rest of `student.*` applies); `cure+dispersion`
-    # uses `student.lr`.
+    retain_weight: float = 1.75  # x the CURE retain weights (10) = 17.5, by experiment
+    # Method `dispersion`: its learning rate and length (passes over the forget set; the decay
+    # milestones of `student.milestones` scale with it; 0: `student.epochs`); the rest of
+    # `student.*` applies. `cure+dispersion` uses `student.lr` and `student.epochs`.
     lr: float = 1e-3
+    epochs: int = 40
 
 
 @dataclasses.dataclass(frozen=True)

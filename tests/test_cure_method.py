@@ -158,3 +158,17 @@ def test_dispersion_term_spreads_each_forget_group(tmp_path):
     assert "L_disp" in metrics and float(metrics["L_pl"]) == 0.0
     after = within_group_cos(state.params["backbone"], state.batch_stats)
     assert after < before - 0.1, (before, after)
+
+
+def test_dispersion_length_scales_the_decay_milestones():
+    from cure_jax.methods.dispersion import dispersion_optim
+
+    config = config_lib.apply_overrides(SMOKE, ["student.epochs=20", "student.milestones=10,15",
+                                                "dispersion.epochs=40", "dispersion.lr=0.003"])
+    optim = dispersion_optim(config.student, config.dispersion)
+    assert (optim.epochs, optim.milestones, optim.lr) == (40, (20.0, 30.0), 0.003)
+    same = config_lib.apply_overrides(config, ["dispersion.epochs=0"])
+    assert dispersion_optim(same.student, same.dispersion).epochs == 20
+    with pytest.raises(ValueError, match="dispersion.epochs=-1"):
+        get_method("dispersion").check(
+            config_lib.apply_overrides(same, ["dispersion.epochs=-1"]), 16, 48)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cure_jax.config import CureConfig
+from cure_jax.config import CureConfig, DispersionConfig, OptimConfig
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.cure import check_request, unlearn
 
@@ -29,6 +29,8 @@ def check_dispersion(config, num_forget: int, num_retain: int) -> None:
     if pk != config.student.batch_size:
         raise ValueError(f"dispersion.groups_per_batch * dispersion.images_per_group = {pk} must "
                          f"equal student.batch_size={config.student.batch_size}")
+    if dispersion.epochs < 0:
+        raise ValueError(f"dispersion.epochs={dispersion.epochs} must be >= 0 (0: student.epochs)")
     if dispersion.images_per_group < 2:
         raise ValueError("dispersion.images_per_group must be >= 2: a group needs pairs")
 
@@ -40,12 +42,21 @@ def without_forget_terms(cure: CureConfig, retain_scale: float) -> CureConfig:
                                w_fd=cure.w_fd * retain_scale)
 
 
+def dispersion_optim(student: OptimConfig, dispersion: DispersionConfig) -> OptimConfig:
+    """`student` with the dispersion method's learning rate and length, the decay milestones
+    scaled to keep their place in the run."""
+    epochs = dispersion.epochs or student.epochs
+    scale = epochs / student.epochs
+    return dataclasses.replace(student, lr=dispersion.lr, epochs=epochs,
+                               milestones=tuple(m * scale for m in student.milestones))
+
+
 @register("dispersion", check=check_dispersion, sections=("cure", "dispersion"))
 def run_dispersion(context: UnlearnContext) -> Backbone:
     """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
     config = context.config
     cure = without_forget_terms(config.cure, config.dispersion.retain_weight)
-    optim = dataclasses.replace(config.student, lr=config.dispersion.lr)
+    optim = dispersion_optim(config.student, config.dispersion)
     return unlearn(context, name="dispersion", cure=cure, dispersion=config.dispersion,
                    refresh=False, optim=optim)
 
