@@ -9,39 +9,18 @@ import numpy as np
 import pytest
 
 from cure_jax import config as config_lib
-from cure_jax import sharding
 from cure_jax.embeddings import make_embed_fn
 from cure_jax.losses.cure import cosine
 from cure_jax.methods import cure, get_method
-from cure_jax.methods.base import UnlabelledSet, UnlearnContext
-from cure_jax.teacher import Teacher, build_model, lr_schedule, make_optimizer, split_model
+from cure_jax.teacher import lr_schedule, make_optimizer
 from data_pipelines.pipelines import normalize
+from tests.contexts import tiny_context
 
 SMOKE = config_lib.load_config("smoke")
 
 
-def _context(tmp_path, config=SMOKE, num_forget=24, num_retain=48, seed=0):
-    rng = np.random.default_rng(seed)
-    # Two kinds of images, so that forget and retain differ and k-means has structure.
-    images = rng.integers(0, 256, (num_forget + num_retain, 32, 32, 3), dtype=np.uint8)
-    images[:num_forget, :16] //= 4
-    model = build_model(config.model, num_classes=8, image_size=32, seed=seed)
-    for _ in range(40):
-        # Running batch-norm statistics of these images, as a trained teacher would have.
-        model.backbone(jnp.asarray(normalize(images)))
-    graphs, params, stats = split_model(model)
-    backbone_graphs, backbone = Teacher(graphs, params, stats).backbone()
-    embed = make_embed_fn(backbone_graphs.eval)
-
-    def teacher_emb(batch):
-        return np.asarray(embed(backbone.params, backbone.batch_stats, normalize(batch)))
-
-    plain, flipped = teacher_emb(images), teacher_emb(images[:, :, ::-1])
-    sets = [UnlabelledSet(images[s], plain[s], flipped[s])
-            for s in (slice(0, num_forget), slice(num_forget, None))]
-    mesh = sharding.make_mesh(1)
-    return UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
-                          forget=sets[0], retain=sets[1], mesh=mesh, folder=tmp_path)
+def _context(tmp_path, config=SMOKE, **kwargs):
+    return tiny_context(tmp_path, config, **kwargs)
 
 
 def _batch(context, rows_f, rows_r):
