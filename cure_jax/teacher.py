@@ -17,11 +17,11 @@ from flax import nnx
 
 from cure_jax import sharding
 from cure_jax.checkpointing import Checkpointer
-from cure_jax.config import ModelConfig, OptimConfig
+from cure_jax.config import ModelConfig
 from cure_jax.loop import run_loop, truncate_log
 from cure_jax.losses.margin import margin_loss
-from cure_jax.models.heads import CosineHead, FaceModel
-from cure_jax.models.iresnet import IResNet
+from cure_jax.models.backbone import Backbone, Graphs, build_model, split_model
+from cure_jax.optim import lr_schedule, make_optimizer
 from data_pipelines.pipelines import SubsetSource, train_dataset, train_iterator
 
 
@@ -30,56 +30,6 @@ class TrainState(NamedTuple):
     params: nnx.State
     batch_stats: nnx.State
     opt_state: optax.OptState
-
-
-class Graphs(NamedTuple):
-    """Static module structure in training mode and in evaluation mode (same arrays)."""
-
-    train: nnx.GraphDef
-    eval: nnx.GraphDef
-
-
-def build_model(config: ModelConfig, *, num_classes: int, image_size: int, seed: int) -> FaceModel:
-    rngs = nnx.Rngs(params=seed)
-    backbone = IResNet(config.depth, width=config.width, input_size=image_size,
-                       embedding_dim=config.embedding_dim, dropout=config.dropout, rngs=rngs)
-    return FaceModel(backbone, CosineHead(config.embedding_dim, num_classes, rngs=rngs))
-
-
-def split_model(model: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
-    """(graphs, params, batch_stats) of a module with only Param and BatchStat variables."""
-    graph_train, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    eval_view = nnx.view(model, use_running_average=True, deterministic=True)
-    graph_eval = nnx.split(eval_view, nnx.Param, nnx.BatchStat)[0]
-    return Graphs(graph_train, graph_eval), params, batch_stats
-
-
-def lr_schedule(config: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warm-up, then either the base rate multiplied by `decay` at each milestone epoch
-    ("step") or a cosine decay to zero at the last epoch ("cosine")."""
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "cosine":
-        after = optax.cosine_decay_schedule(config.lr, max(config.epochs * steps_per_epoch
-                                                           - warmup, 1))
-    else:
-        boundaries = {int(m * steps_per_epoch) - warmup: config.decay for m in config.milestones}
-        after = optax.piecewise_constant_schedule(config.lr, boundaries)
-    if warmup <= 0:
-        return after
-    ramp = optax.linear_schedule(config.lr / max(warmup, 1), config.lr, warmup)
-    return optax.join_schedules([ramp, after], [warmup])
-
-
-def make_optimizer(config: OptimConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay (PyTorch's `SGD(weight_decay=...)`, as the
-    papers), or AdamW with decoupled weight decay."""
-    schedule = lr_schedule(config, steps_per_epoch)
-    if config.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=config.weight_decay)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(schedule, momentum=config.momentum),
-    )
 
 
 def init_state(params: nnx.State, batch_stats: nnx.State,
@@ -129,13 +79,6 @@ class Teacher(NamedTuple):
         model = nnx.merge(self.graphs.train, self.params, self.batch_stats)
         graphs, params, batch_stats = split_model(model.backbone)
         return graphs, Backbone(params, batch_stats)
-
-
-class Backbone(NamedTuple):
-    """The arrays of a backbone (teacher or student)."""
-
-    params: nnx.State
-    batch_stats: nnx.State
 
 
 def train_teacher(config, data, workdir, mesh) -> Teacher:

@@ -9,7 +9,8 @@ from flax import nnx
 from cure_jax import sharding
 from cure_jax.embeddings import make_embed_fn
 from cure_jax.methods.base import UnlabelledSet, UnlearnContext
-from cure_jax.teacher import Teacher, build_model, split_model
+from cure_jax.models.backbone import build_model, split_model
+from cure_jax.teacher import Teacher
 from data_pipelines.pipelines import normalize
 
 

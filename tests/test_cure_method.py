@@ -10,9 +10,9 @@ import pytest
 
 from cure_jax import config as config_lib
 from cure_jax.embeddings import make_embed_fn
-from cure_jax.losses.cure import cosine
+from cure_jax.losses.common import cosine
 from cure_jax.methods import cure, get_method
-from cure_jax.teacher import lr_schedule, make_optimizer
+from cure_jax.optim import lr_schedule, make_optimizer
 from data_pipelines.pipelines import normalize
 from tests.contexts import tiny_context
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cure_jax.models.heads import CosineHead, cosine_logits, l2_normalize
+from cure_jax.losses.common import l2_normalize
+from cure_jax.models.heads import CosineHead, cosine_logits
 from cure_jax.models.iresnet import DEPTHS, IResNet
 
 

@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 
 from cure_jax import config as config_lib
-from cure_jax import sharding, teacher
+from cure_jax import optim, sharding, teacher
+from cure_jax.models import backbone
 
 SMOKE = config_lib.load_config("smoke")
 
 
 def _setup(config=SMOKE, num_classes=8):
-    model = teacher.build_model(config.model, num_classes=num_classes,
+    model = backbone.build_model(config.model, num_classes=num_classes,
                                 image_size=config.data.image_size, seed=0)
-    graphs, params, stats = teacher.split_model(model)
-    tx = teacher.make_optimizer(config.teacher, 10)
+    graphs, params, stats = backbone.split_model(model)
+    tx = optim.make_optimizer(config.teacher, 10)
     state = teacher.init_state(params, stats, tx)
     step = teacher.make_train_step(graphs.train, tx, config.model,
-                                   teacher.lr_schedule(config.teacher, 10))
+                                   optim.lr_schedule(config.teacher, 10))
     return state, step
 
 
@@ -51,7 +52,7 @@ def test_step_compiles_once_and_learns():
 def test_schedule_warms_up_then_decays_at_milestones():
     config = config_lib.apply_overrides(
         SMOKE, ["teacher.warmup_epochs=1", "teacher.milestones=2,3", "teacher.lr=0.1"])
-    schedule = teacher.lr_schedule(config.teacher, steps_per_epoch=10)
+    schedule = optim.lr_schedule(config.teacher, steps_per_epoch=10)
     assert float(schedule(0)) < 0.02
     np.testing.assert_allclose(float(schedule(15)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(float(schedule(25)), 0.01, rtol=1e-6)

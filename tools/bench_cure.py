@@ -22,9 +22,10 @@ from benchlib import timed_step
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
-from cure_jax import sharding, teacher
+from cure_jax import optim, sharding, teacher
 from cure_jax.methods import cure
 from cure_jax.methods.base import UnlabelledSet, UnlearnContext
+from cure_jax.models.backbone import build_model, split_model
 
 
 def main() -> None:
@@ -38,14 +39,14 @@ def main() -> None:
     batch = config.teacher.batch_size
     mesh = sharding.make_mesh(config.run.num_devices)
     rng = np.random.default_rng(0)
-    model = teacher.build_model(config.model, num_classes=classes, image_size=size, seed=0)
-    graphs, params, stats = teacher.split_model(model)
+    model = build_model(config.model, num_classes=classes, image_size=size, seed=0)
+    graphs, params, stats = split_model(model)
     # The teacher step donates its state: the backbone for CURE gets its own copy first.
     backbone_graphs, backbone = teacher.Teacher(graphs, *jax.tree.map(
         jnp.copy, (params, stats))).backbone()
-    tx = teacher.make_optimizer(config.teacher, 100)
+    tx = optim.make_optimizer(config.teacher, 100)
     teacher_step = teacher.make_train_step(graphs.train, tx, config.model,
-                                           teacher.lr_schedule(config.teacher, 100))
+                                           optim.lr_schedule(config.teacher, 100))
     images = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
     teacher_batch = sharding.shard_batch(
         {"image": images, "label": rng.integers(0, classes, batch).astype(np.int32)}, mesh)
@@ -66,10 +67,10 @@ def main() -> None:
         context = UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
                                  forget=forget, retain=retain, mesh=mesh,
                                  folder=pathlib.Path(folder))
-        cure_tx = teacher.make_optimizer(config.student, 10)
+        cure_tx = optim.make_optimizer(config.student, 10)
         for per_side in (batch, batch // 2):
             step = cure.make_cure_step(backbone_graphs, cure_tx, config.cure,
-                                       teacher.lr_schedule(config.student, 10),
+                                       optim.lr_schedule(config.student, 10),
                                        batch_norm=config.unlearn.batch_norm)
             state = sharding.replicate(cure.initial_state(context, cure_tx, jax.random.key(0)),
                                        mesh)

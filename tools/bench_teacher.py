@@ -17,20 +17,21 @@ from benchlib import timed_step
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
-from cure_jax import sharding, teacher
+from cure_jax import optim, sharding, teacher
+from cure_jax.models import backbone
 from data_pipelines.pipelines import ArraySource, materialize, train_dataset, train_iterator
 from data_pipelines.sources.synthetic import SyntheticFaces
 
 
 def bench_step(config, steps: int, num_classes: int) -> tuple[float, float]:
     mesh = sharding.make_mesh(config.run.num_devices)
-    model = teacher.build_model(config.model, num_classes=num_classes,
+    model = backbone.build_model(config.model, num_classes=num_classes,
                                 image_size=config.data.image_size, seed=0)
-    graphs, params, stats = teacher.split_model(model)
-    tx = teacher.make_optimizer(config.teacher, 100)
+    graphs, params, stats = backbone.split_model(model)
+    tx = optim.make_optimizer(config.teacher, 100)
     state = sharding.replicate(teacher.init_state(params, stats, tx), mesh)
     step = teacher.make_train_step(graphs.train, tx, config.model,
-                                   teacher.lr_schedule(config.teacher, 100))
+                                   optim.lr_schedule(config.teacher, 100))
     size, batch_size = config.data.image_size, config.teacher.batch_size
     rng = np.random.default_rng(0)
     batch = sharding.shard_batch({

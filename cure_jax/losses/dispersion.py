@@ -12,7 +12,7 @@ Shape legend: B batch, D embedding dimension.
 import jax
 import jax.numpy as jnp
 
-from cure_jax.losses.cure import l2_normalize
+from cure_jax.losses.common import l2_normalize
 
 # Below any cosine: fills non-pairs before a max over pairs without creating infinities.
 _BELOW_COSINE = -2.0

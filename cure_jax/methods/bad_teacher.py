@@ -31,7 +31,7 @@ from cure_jax.methods.label_free import (
     phase_seed,
     run_phase,
 )
-from cure_jax.teacher import build_model, split_model
+from cure_jax.models.backbone import build_model, split_model
 from data_pipelines.pipelines import ArraySource
 
 

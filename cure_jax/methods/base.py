@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from jax.sharding import Mesh
 
-from cure_jax.teacher import Backbone, Graphs
+from cure_jax.models.backbone import Backbone, Graphs
 from data_pipelines.pipelines import (
     TargetSource,
     ZipIterator,

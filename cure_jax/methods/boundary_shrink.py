@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from cure_jax import sharding
-from cure_jax.losses.cure import l2_normalize
+from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.margin import margin_loss
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (

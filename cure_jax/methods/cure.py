@@ -25,7 +25,8 @@ from cure_jax.checkpointing import Checkpointer
 from cure_jax.config import CureConfig, DispersionConfig, OptimConfig
 from cure_jax.embeddings import embed_source, make_embed_fn
 from cure_jax.loop import run_loop, truncate_log
-from cure_jax.losses.cure import CureWeights, cure_loss, l2_normalize
+from cure_jax.losses.common import l2_normalize
+from cure_jax.losses.cure import CureWeights, cure_loss
 from cure_jax.losses.dispersion import dispersion_loss
 from cure_jax.methods.base import (
     Backbone,
@@ -34,7 +35,8 @@ from cure_jax.methods.base import (
     paired_iterator,
     register,
 )
-from cure_jax.teacher import Graphs, lr_schedule, make_optimizer
+from cure_jax.models.backbone import Graphs
+from cure_jax.optim import lr_schedule, make_optimizer
 from data_pipelines.pipelines import ArraySource
 
 

@@ -26,9 +26,9 @@ from flax import nnx
 from cure_jax import clustering, sharding
 from cure_jax.checkpointing import Checkpointer
 from cure_jax.loop import run_loop, truncate_log
-from cure_jax.losses.cure import l2_normalize
+from cure_jax.losses.common import l2_normalize
 from cure_jax.methods.base import UnlabelledSet, UnlearnContext, check_batches
-from cure_jax.teacher import Backbone, Graphs
+from cure_jax.models.backbone import Backbone, Graphs
 from data_pipelines.pipelines import normalize, train_iterator
 
 

@@ -1,14 +1,14 @@
-"""Retraining from scratch on the retain set (SPEC section 5): the gold standard every
-approximate method should approach.
+"""Retraining from scratch on the retain set (SPEC section 5): the gold standard every approximate
+method should approach.
 
-A fresh model (`teacher.build_model`, seeded by `run.seed`) with a margin head over the classes
-trains on the retain images only, with the teacher's recipe (`teacher.*` optimiser and schedule,
-`model.*` head, `data.augment_shift`); `retrain.epochs` (0: the teacher's) sets its length.
-Classes are the k-means pseudo-labels of the teacher's embeddings (so no identity label is read),
-or identities with `baselines.labels=true`. Its backbone is returned and its head discarded. Its
-embedding space is its own, so the teacher's class centres cannot score it: its evaluation keeps
-verification, retrieval and layer distance and leaves out the head-scored metrics (accuracies,
-UES, Table 2, membership inference).
+A fresh model (`models.backbone.build_model`, seeded by `run.seed`) with a margin head over the
+classes trains on the retain images only, with the teacher's recipe (`teacher.*` optimiser and
+schedule, `model.*` head, `data.augment_shift`); `retrain.epochs` (0: the teacher's) sets its
+length. Classes are the k-means pseudo-labels of the teacher's embeddings (so no identity label is
+read), or identities with `baselines.labels=true`. Its backbone is returned and its head discarded.
+Its embedding space is its own, so the teacher's class centres cannot score it: its evaluation keeps
+verification, retrieval and layer distance and leaves out the head-scored metrics (accuracies, UES,
+Table 2, membership inference).
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ import dataclasses
 from cure_jax import sharding
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import make_labels, run_phase
-from cure_jax.teacher import (
-    Teacher,
-    build_model,
-    init_state,
-    lr_schedule,
-    make_optimizer,
-    make_train_step,
-    split_model,
-)
+from cure_jax.models.backbone import build_model, split_model
+from cure_jax.optim import lr_schedule, make_optimizer
+from cure_jax.teacher import Teacher, init_state, make_train_step
 from data_pipelines.pipelines import ArraySource, train_dataset, train_iterator
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from cure_jax.losses.cure import l2_normalize
+from cure_jax.losses.common import l2_normalize
 
 
 def cosine_logits(emb_BxD: jax.Array, centres_CxD: jax.Array) -> jax.Array:
