@@ -9,24 +9,14 @@ one resumes from its checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import pathlib
 import sys
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
+from cure_jax import cli, methods, sharding, stages
 from cure_jax import config as config_lib
-from cure_jax import methods, sharding
-from cure_jax.loop import NonFiniteLossError
 from cure_jax.report import comparison_report, plot_comparison
-from cure_jax.train import (
-    TEACHER_KEYS,
-    prepare_folder,
-    request_split,
-    run_teacher_stage,
-    run_unlearn_stage,
-)
 from data_pipelines.datasets import load_face_data
 
 # Table order: the reference first, then the papers' baselines, then the proposed methods.
@@ -35,15 +25,9 @@ ORDER = ("retrain", "finetune", "grad_ascent", "neggrad", "random_label", "bound
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m cure_jax.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="default",
-                        help="a configs/<name>.py file path, or a bundled config name")
+    parser = cli.run_parser("python -m cure_jax.compare", __doc__)
     parser.add_argument("--methods", default="all",
                         help="comma-separated method names, or 'all' (default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config field, e.g. scrub.lr=1e-3")
-    parser.add_argument("--workdir", default=None, help="run folder (default: runs/<config name>)")
     return parser.parse_args(argv)
 
 
@@ -68,27 +52,24 @@ def with_method(config: config_lib.Config, name: str) -> config_lib.Config:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        config = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
+        config, workdir = cli.load_run_config(args)
         names = method_names(args.methods)
     except (config_lib.ConfigError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / config.name)
+        return cli.fail(error, 2)
     try:
-        prepare_folder(workdir, config, only=TEACHER_KEYS)
+        stages.prepare_folder(workdir, config, only=stages.TEACHER_KEYS)
         mesh = sharding.make_mesh(config.run.num_devices)
         data = load_face_data(config.data, progress=config.run.progress)
         # Every method's request is checked before anything trains.
-        splits = {name: request_split(with_method(config, name), data) for name in names}
-        teacher = run_teacher_stage(config, workdir, mesh, data)
+        splits = {name: stages.request_split(with_method(config, name), data) for name in names}
+        teacher_run = stages.teacher_stage(config, workdir, mesh, data)
         results = {}
         for name in names:
             print(f"\n=== {name} ===")
-            results[name] = run_unlearn_stage(with_method(config, name), workdir, mesh, data,
-                                              teacher, splits[name])
-    except (config_lib.ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            results[name] = stages.unlearn_stage(with_method(config, name), workdir, mesh, data,
+                                                 teacher_run, splits[name])
+    except cli.RUN_ERRORS as error:
+        return cli.fail(error, 1)
     (workdir / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_comparison(results, workdir / "comparison.png", title=f"methods on {config.name}")
     report = comparison_report(results, title=f"Unlearning methods on {config.name}")

@@ -163,7 +163,6 @@ class RunConfig:
     max_to_keep: int = 2
     num_devices: int = 0  # data-parallel devices (0: all local devices)
     progress: bool = True  # tqdm progress bars
-    crash_at_step: int = 0  # testing aid: exit abruptly after this step, as if killed (0: never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +323,7 @@ def load_config(path_or_name: str) -> Config:
 
 
 # Keys that change how a run is watched, not what it computes: a rerun may change them freely.
-RUNTIME_KEYS = ("run.progress", "run.crash_at_step", "run.log_every", "run.num_devices")
+RUNTIME_KEYS = ("run.progress", "run.log_every", "run.num_devices")
 
 
 def to_dict(config: Any) -> dict:

@@ -1,25 +1,22 @@
-"""Evaluation of a backbone (teacher or student): identity accuracy and verification.
+"""Evaluation of a backbone (teacher or student) and of an unlearning run, as pure functions of
+embeddings that `cure_jax.embeddings.embed_eval_sets` computed once per backbone.
 
 Labels live here: the unlearning methods never import this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.embeddings import embed_source
+from cure_jax.embeddings import EvalEmbeddings
 from cure_jax.metrics.mia import attack_accuracy, attack_features
 from cure_jax.metrics.retrieval import cluster_compactness, retrieval_metrics
-from cure_jax.metrics.unlearning import layer_distance, unlearning_summary
+from cure_jax.metrics.unlearning import class_logits, layer_distance, unlearning_summary
 from cure_jax.metrics.verification import pair_distances, verify
-from cure_jax.models.heads import cosine_logits
-from data_pipelines.pipelines import SubsetSource
-from data_pipelines.splits import forget_retain_split
+from data_pipelines.splits import RequestSplit
 
 
 def unit(x_NxD: np.ndarray) -> np.ndarray:
@@ -32,12 +29,14 @@ def identity_accuracy(emb_NxD: np.ndarray, labels_N: np.ndarray, centres_CxD: np
     return float(np.mean(predictions == labels_N))
 
 
-def verification_metrics(embed, params, batch_stats, verification, *, batch_size: int, mesh,
-                         flip: bool, progress: bool = False) -> dict:
-    """arcface_torch verification on `verification` pairs (flip test, 10 folds, TAR@FAR=1e-3)."""
-    emb = unit(embed_source(embed, params, batch_stats, verification.source, batch_size=batch_size,
-                            mesh=mesh, flip=flip, progress=progress, desc="verification"))
-    dist = pair_distances(emb[verification.idx_a], emb[verification.idx_b])
+def verification_metrics(emb: EvalEmbeddings, verification) -> dict:
+    """arcface_torch verification on `verification` pairs (10 folds, TAR@FAR=1e-3); with the
+    flip test when `emb` holds the mirrored images' embeddings (their raw sum is normalised)."""
+    raw = emb.verification
+    if emb.verification_flipped is not None:
+        raw = raw + emb.verification_flipped
+    unit_emb = unit(raw)
+    dist = pair_distances(unit_emb[verification.idx_a], unit_emb[verification.idx_b])
     result = verify(dist, verification.issame, folds_P=verification.folds)
     return {"verification_accuracy": result.accuracy,
             "verification_std": result.accuracy_std,
@@ -45,50 +44,15 @@ def verification_metrics(embed, params, batch_stats, verification, *, batch_size
             "verification_pairs": result.num_pairs}
 
 
-def evaluate_backbone(embed, params, batch_stats, centres_CxD, data, config, mesh) -> dict:
+def backbone_metrics(emb: EvalEmbeddings, data, centres_CxD) -> dict:
     """Held-out identity accuracy (unseen images of training identities) and verification."""
-    holdout = SubsetSource(data.records, data.holdout_indices)
     metrics = {}
-    if len(holdout):
-        emb = embed_source(embed, params, batch_stats, holdout, batch_size=config.eval.batch_size,
-                           mesh=mesh, progress=config.run.progress, desc="held-out images")
+    if len(data.holdout_indices):
         labels = data.records.labels[data.holdout_indices]
-        metrics["holdout_accuracy"] = identity_accuracy(emb, labels, centres_CxD)
+        metrics["holdout_accuracy"] = identity_accuracy(emb.holdout, labels, centres_CxD)
     if data.verification is not None:
-        metrics.update(verification_metrics(
-            embed, params, batch_stats, data.verification, batch_size=config.eval.batch_size,
-            mesh=mesh, flip=config.eval.flip, progress=config.run.progress))
+        metrics.update(verification_metrics(emb, data.verification))
     return metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestSplit:
-    """Which records an unlearning request covers, by identity (the evaluator's view, labels in).
-
-    Attributes:
-      forget_identities: sorted identity labels to forget.
-      forget: training-record indices of the forget identities (D_f).
-      retain: training-record indices of the other identities (D_r).
-      forget_holdout: held-out (never trained) records of the forget identities.
-      retain_holdout: held-out records of the retained identities.
-    """
-
-    forget_identities: np.ndarray
-    forget: np.ndarray
-    retain: np.ndarray
-    forget_holdout: np.ndarray
-    retain_holdout: np.ndarray
-
-    @classmethod
-    def of(cls, data, forget_ids: np.ndarray) -> RequestSplit:
-        forget, retain = forget_retain_split(data.records.labels, data.train_indices, forget_ids)
-        forget_holdout, retain_holdout = forget_retain_split(data.records.labels,
-                                                             data.holdout_indices, forget_ids)
-        return cls(forget_ids, forget, retain, forget_holdout, retain_holdout)
-
-
-def class_logits_of(emb_NxD: np.ndarray, centres_CxD: np.ndarray, scale: float) -> jax.Array:
-    return scale * cosine_logits(jnp.asarray(emb_NxD), jnp.asarray(centres_CxD))
 
 
 class UnlearningEvaluation(NamedTuple):
@@ -120,17 +84,32 @@ HEAD_SCORED_AFTER = (
     "mia_after")
 
 
-def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestSplit, data,
-                        config, mesh, teacher_forget: np.ndarray, teacher_retain: np.ndarray,
+class _Rows(NamedTuple):
+    """Rows of a request's records in the embedding arrays."""
+
+    forget: np.ndarray  # into EvalEmbeddings.train
+    retain: np.ndarray
+    forget_holdout: np.ndarray  # into EvalEmbeddings.holdout
+    retain_holdout: np.ndarray
+
+
+def _rows(split: RequestSplit, data) -> _Rows:
+    return _Rows(np.searchsorted(data.train_indices, split.forget),
+                 np.searchsorted(data.train_indices, split.retain),
+                 np.searchsorted(data.holdout_indices, split.forget_holdout),
+                 np.searchsorted(data.holdout_indices, split.retain_holdout))
+
+
+def evaluate_unlearning(*, teacher: EvalEmbeddings, student: EvalEmbeddings, teacher_params,
+                        student_params, centres_CxD, split: RequestSplit, data, config,
                         own_embedding_space: bool = False) -> UnlearningEvaluation:
     """Everything the papers report about one student against its teacher.
 
     Args:
-      embed: `make_embed_fn` of the backbone's evaluation graph.
-      teacher, student: `Backbone`s.
+      teacher, student: each backbone's embeddings of the evaluation sets.
+      teacher_params, student_params: their parameters (for the layer distance).
       centres_CxD: the teacher's frozen margin-head class centres.
       split: the request's records.
-      teacher_forget, teacher_retain: cached raw teacher embeddings of `split.forget`/`retain`.
       own_embedding_space: the student does not descend from the teacher (retraining); the
         after-values of `HEAD_SCORED_AFTER` are left out and `head_scored` is 0.
 
@@ -142,44 +121,40 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
       accuracy (forget training images against held-out images of the forget identities) and
       verification, each before and after; and the pool's unit embeddings before and after.
     """
-    batch, scale = config.eval.batch_size, config.model.scale
+    scale = config.model.scale
     labels = data.records.labels
+    rows = _rows(split, data)
+    models = {"before": teacher, "after": student}
 
-    def embeddings(model, indices, desc):
-        return embed_source(embed, model.params, model.batch_stats,
-                            SubsetSource(data.records, indices), batch_size=batch, mesh=mesh,
-                            progress=config.run.progress, desc=desc)
+    def logits(emb_NxD):
+        return class_logits(jnp.asarray(emb_NxD), jnp.asarray(centres_CxD), scale=scale)
 
-    student_forget = embeddings(student, split.forget, "student: forget set")
-    student_retain = embeddings(student, split.retain, "student: retain set")
     metrics = unlearning_summary(
-        class_logits_of(teacher_forget, centres_CxD, scale),
-        class_logits_of(student_forget, centres_CxD, scale),
-        class_logits_of(teacher_retain, centres_CxD, scale),
-        class_logits_of(student_retain, centres_CxD, scale),
+        logits(teacher.train[rows.forget]), logits(student.train[rows.forget]),
+        logits(teacher.train[rows.retain]), logits(student.train[rows.retain]),
         jnp.asarray(labels[split.forget]), jnp.asarray(labels[split.retain]),
         alpha=config.eval.ues_alpha, membership_threshold=config.eval.membership_threshold)
-    metrics["layer_distance"] = float(layer_distance(teacher.params, student.params))
-    pool = {"before": [teacher_forget, teacher_retain], "after": [student_forget, student_retain]}
+    metrics["layer_distance"] = float(layer_distance(teacher_params, student_params))
+    pool = {when: [emb.train[rows.forget], emb.train[rows.retain]]
+            for when, emb in models.items()}
     pool_indices = [split.forget, split.retain]
-    for name, indices in (("forget_holdout", split.forget_holdout),
-                          ("retain_holdout", split.retain_holdout)):
+    for name, indices, holdout_rows in (
+            ("forget_holdout", split.forget_holdout, rows.forget_holdout),
+            ("retain_holdout", split.retain_holdout, rows.retain_holdout)):
         if len(indices) == 0:
             continue
         pool_indices.append(indices)
-        for when, model in (("before", teacher), ("after", student)):
-            emb = embeddings(model, indices, f"{name} images")
-            pool[when].append(emb)
-            metrics[f"{name}_acc_{when}"] = identity_accuracy(emb, labels[indices], centres_CxD)
+        for when, emb in models.items():
+            pool[when].append(emb.holdout[holdout_rows])
+            metrics[f"{name}_acc_{when}"] = identity_accuracy(emb.holdout[holdout_rows],
+                                                              labels[indices], centres_CxD)
     if len(split.forget_holdout) >= 5:
         # Members: the forget training images; non-members: never-trained images of the same
         # people. Features from the teacher's identity head, before and after.
-        holdout_labels = labels[split.forget_holdout]
         for when, parts in pool.items():
-            members = attack_features(
-                np.asarray(class_logits_of(parts[0], centres_CxD, scale)), labels[split.forget])
-            nonmembers = attack_features(
-                np.asarray(class_logits_of(parts[2], centres_CxD, scale)), holdout_labels)
+            members = attack_features(np.asarray(logits(parts[0])), labels[split.forget])
+            nonmembers = attack_features(np.asarray(logits(parts[2])),
+                                         labels[split.forget_holdout])
             metrics[f"mia_{when}"] = attack_accuracy(members, nonmembers)
     pool_labels = labels[np.concatenate(pool_indices)]
     is_forget = np.isin(pool_labels, split.forget_identities)
@@ -187,10 +162,8 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
     for when, emb in units.items():
         metrics.update(retrieval_summary(emb, pool_labels, is_forget, when))
     if data.verification is not None:
-        for when, model in (("before", teacher), ("after", student)):
-            result = verification_metrics(embed, model.params, model.batch_stats,
-                                          data.verification, batch_size=batch, mesh=mesh,
-                                          flip=config.eval.flip)
+        for when, emb in models.items():
+            result = verification_metrics(emb, data.verification)
             metrics[f"verification_{when}"] = result["verification_accuracy"]
             metrics[f"tar_at_far_{when}"] = result["tar_at_far_1e-3"]
     if own_embedding_space:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -73,8 +72,7 @@ class MetricLog:
 
 
 def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_steps: int,
-             mesh, checkpointer: Checkpointer, log_path: pathlib.Path, log_every: int,
-             checkpoint_every: int, progress: bool, desc: str, crash_at_step: int = 0,
+             mesh, checkpointer: Checkpointer, log_path: pathlib.Path, run, desc: str,
              after_step: Callable | None = None):
     """Runs `state, metrics = step_fn(state, batch, root_key)` until `state.step == num_steps`.
 
@@ -82,8 +80,7 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
       step_fn: the jitted step; it folds the step counter into `root_key` itself.
       state: a pytree with a `step` field, already placed on the mesh.
       iterator: yields host batches (dicts of NumPy arrays); `get_state()` is checkpointed.
-      crash_at_step: testing aid: the process exits abruptly after this step (0: never), as if
-        it had been killed, to exercise resuming.
+      run: the `RunConfig` (log and checkpoint intervals, progress bar).
       after_step: optional `state = after_step(state, step)` run between steps, before the
         step's checkpoint (CURE's cluster refresh), so that a resumed run sees its result.
 
@@ -92,7 +89,7 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
     """
     step = int(state.step)
     log = MetricLog(log_path)
-    bar = tqdm(total=num_steps, initial=step, desc=desc, disable=not progress, unit="step",
+    bar = tqdm(total=num_steps, initial=step, desc=desc, disable=not run.progress, unit="step",
                dynamic_ncols=True, smoothing=0.1)
     while step < num_steps:
         batch = sharding.shard_batch(next(iterator), mesh)
@@ -102,19 +99,56 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
         bar.update(1)
         if after_step is not None:
             state = after_step(state, step)
-        save = step % checkpoint_every == 0 or step == num_steps
-        if save or step % log_every == 0:
+        save = step % run.checkpoint_every == 0 or step == num_steps
+        if save or step % run.log_every == 0:
             summary = log.flush(step, checkpointer)
             bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()
                              if k in ("loss", "accuracy", "lr")})
         if save:
             checkpointer.save(step, state, {"iterator": iterator.get_state()})
-        if crash_at_step and step == crash_at_step:
-            # A kill right after the latest checkpoint reached the disk: no cleanup, no final
-            # save. (A kill during a save is Orbax's to handle: unfinished saves are ignored.)
-            bar.close()
-            checkpointer.wait()
-            os._exit(75)
     bar.close()
     checkpointer.wait()
     return state
+
+
+def run_phase(*, folder: pathlib.Path, step_fn: Callable, state, iterator, num_steps: int,
+              root_key: jax.Array, mesh, run, desc: str, after_step: Callable | None = None):
+    """Runs one resumable phase of training under `folder`: checkpoints in `folder/checkpoints`,
+    interval metrics in `folder/metrics.jsonl`.
+
+    A phase whose checkpoints exist resumes from the latest (a finished one only restores its
+    final state); log lines past the restored step are dropped, since they are recomputed.
+
+    Args:
+      folder: the phase's folder.
+      step_fn: the phase's jitted step `step_fn(state, batch, root_key) -> (state, metrics)`.
+      state: the state to start from when nothing was saved, placed on the mesh; a pytree with
+        a `step` field. A restored state takes its structure, shapes and shardings.
+      iterator: the phase's batches; its state is saved with each checkpoint.
+      num_steps: the phase ends when `state.step` reaches it.
+      root_key: the phase's key; each step folds its counter in.
+      mesh: the device mesh.
+      run: the `RunConfig` (intervals, checkpoints kept, progress bar).
+      desc: the phase's name in messages and on the progress bar.
+      after_step: see `run_loop`.
+
+    Returns:
+      The final state.
+    """
+    checkpointer = Checkpointer(folder / "checkpoints", max_to_keep=run.max_to_keep)
+    log_path = folder / "metrics.jsonl"
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, extra = checkpointer.restore(latest, state)
+        iterator.set_state(extra["iterator"])
+        if latest < num_steps:
+            print(f"{desc}: resuming from step {latest} of {num_steps}")
+    # Lines written after the last checkpoint (or before the first) are recomputed.
+    truncate_log(log_path, latest or 0)
+    try:
+        return run_loop(step_fn=step_fn, state=state, root_key=root_key, iterator=iterator,
+                        num_steps=num_steps, mesh=mesh, checkpointer=checkpointer,
+                        log_path=log_path, run=run, desc=desc, after_step=after_step)
+    finally:
+        # Also on an error (a non-finite loss): pending saves finish, threads stop.
+        checkpointer.close()

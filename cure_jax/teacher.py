@@ -16,12 +16,12 @@ import optax
 from flax import nnx
 
 from cure_jax import sharding
-from cure_jax.checkpointing import Checkpointer
 from cure_jax.config import ModelConfig
-from cure_jax.loop import run_loop, truncate_log
+from cure_jax.loop import run_phase
 from cure_jax.losses.margin import margin_loss
 from cure_jax.models.backbone import Backbone, Graphs, build_model, split_model
 from cure_jax.optim import lr_schedule, make_optimizer
+from cure_jax.steps import make_step
 from data_pipelines.pipelines import SubsetSource, train_dataset, train_iterator
 
 
@@ -41,26 +41,17 @@ def make_train_step(graph: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ModelConfig, schedule: optax.Schedule):
     """The jitted teacher step: margin softmax on identity labels, one SGD update."""
 
-    def loss_fn(params, batch_stats, batch, key):
+    def objective(params, batch_stats, state: TrainState, batch, key):
         model = nnx.merge(graph, params, batch_stats, copy=True)
         emb = model.backbone(batch["image"], dropout_key=key)
         cos = model.head(emb)
         loss = margin_loss(cos, batch["label"], kind=config.head, scale=config.scale,
                            margin=config.margin, straight_through=config.straight_through)
         accuracy = jnp.mean(jnp.argmax(cos, axis=-1) == batch["label"])
-        return loss, (nnx.state(model, nnx.BatchStat), accuracy)
+        metrics = {"accuracy": accuracy, "lr": schedule(state.step)}
+        return loss, (nnx.state(model, nnx.BatchStat), metrics)
 
-    def step(state: TrainState, batch: dict, root_key: jax.Array):
-        key = jax.random.fold_in(root_key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch,
-                                                         key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": accuracy, "lr": schedule(state.step)}
-        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
-
-    return jax.jit(step, donate_argnums=0)
+    return make_step(objective, tx)
 
 
 class Teacher(NamedTuple):
@@ -81,51 +72,45 @@ class Teacher(NamedTuple):
         return graphs, Backbone(params, batch_stats)
 
 
-def train_teacher(config, data, workdir, mesh) -> Teacher:
-    """Trains the teacher, resuming from its latest checkpoint; a finished teacher is reused.
+def train_margin_model(*, config, optim, source, num_classes: int, folder: pathlib.Path, mesh,
+                       desc: str) -> Teacher:
+    """Trains a fresh backbone with a margin head on the labels of `source`, resuming from the
+    latest checkpoint under `folder`; a finished run is only restored.
 
     Args:
-      config: the run's `Config`.
-      data: `FaceData` (training records with labels).
-      workdir: the run folder; the teacher lives under `workdir/teacher`.
+      config: the run's `Config` (`model`, `data.augment_shift`, `data.seed`, `run`).
+      optim: the `OptimConfig` of this training (the teacher's recipe).
+      source: random-access records {"image", "label"} with labels in [0, num_classes).
+      num_classes: classes of the margin head.
+      folder: where checkpoints and metrics go.
       mesh: the device mesh.
+      desc: the name in messages and on the progress bar.
     """
-    optim = config.teacher
+    # Retraining follows the teacher's recipe too: the batch is always teacher.batch_size.
     sharding.check_batch_size(optim.batch_size, mesh, "teacher.batch_size")
-    train_source = SubsetSource(data.records, data.train_indices)
-    steps_per_epoch = len(train_source) // optim.batch_size
+    steps_per_epoch = len(source) // optim.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_source)} training images are fewer than one batch of "
+        raise ValueError(f"{desc}: {len(source)} training images are fewer than one batch of "
                          f"teacher.batch_size={optim.batch_size}")
-    num_steps = optim.epochs * steps_per_epoch
-    model = build_model(config.model, num_classes=data.num_classes,
+    model = build_model(config.model, num_classes=num_classes,
                         image_size=config.data.image_size, seed=config.run.seed)
     graphs, params, batch_stats = split_model(model)
-    schedule = lr_schedule(optim, steps_per_epoch)
     tx = make_optimizer(optim, steps_per_epoch)
     state = sharding.replicate(init_state(params, batch_stats, tx), mesh)
-
-    folder = pathlib.Path(workdir) / "teacher"
-    checkpointer = Checkpointer(folder / "checkpoints", max_to_keep=config.run.max_to_keep)
-    iterator = train_iterator(train_dataset(train_source, batch_size=optim.batch_size,
+    iterator = train_iterator(train_dataset(source, batch_size=optim.batch_size,
                                             seed=config.data.seed, shift=config.data.augment_shift))
-    log_path = folder / "metrics.jsonl"
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, extra = checkpointer.restore(latest, state)
-        iterator.set_state(extra["iterator"])
-        truncate_log(log_path, latest)
-        print(f"teacher: resuming from step {latest} of {num_steps} ({folder / 'checkpoints'})")
-    step_fn = make_train_step(graphs.train, tx, config.model, schedule)
-    try:
-        state = run_loop(step_fn=step_fn, state=state, root_key=jax.random.key(config.run.seed),
-                         iterator=iterator, num_steps=num_steps, mesh=mesh,
-                         checkpointer=checkpointer, log_path=log_path,
-                         log_every=config.run.log_every,
-                         checkpoint_every=config.run.checkpoint_every,
-                         progress=config.run.progress, desc="teacher",
-                         crash_at_step=config.run.crash_at_step)
-    finally:
-        # Also on an error (a non-finite loss): pending saves finish, threads stop.
-        checkpointer.close()
+    step_fn = make_train_step(graphs.train, tx, config.model, lr_schedule(optim, steps_per_epoch))
+    state = run_phase(folder=folder, step_fn=step_fn, state=state, iterator=iterator,
+                      num_steps=optim.epochs * steps_per_epoch,
+                      root_key=jax.random.key(config.run.seed), mesh=mesh, run=config.run,
+                      desc=desc)
     return Teacher(graphs, state.params, state.batch_stats)
+
+
+def train_teacher(config, data, workdir, mesh) -> Teacher:
+    """Trains the teacher on the training records, resuming from its latest checkpoint; a
+    finished teacher is reused. It lives under `workdir/teacher`."""
+    return train_margin_model(
+        config=config, optim=config.teacher,
+        source=SubsetSource(data.records, data.train_indices), num_classes=data.num_classes,
+        folder=pathlib.Path(workdir) / "teacher", mesh=mesh, desc="teacher")

@@ -140,38 +140,54 @@ def eval_batches(source, *, batch_size: int, flip: bool = False) -> Iterator[dic
 
 
 class TargetSource:
-    """Images with a per-image target vector for each orientation, and no labels.
+    """Images with a per-image target vector for each orientation, and optionally a class for
+    each orientation.
 
-    Records are {"image", "target", "target_flipped", "index"}: `target` belongs to the image as
-    stored, `target_flipped` to its mirror image (a frozen model's embeddings, say), so that a
-    random flip keeps image and target in step.
+    Records are {"image", "target", "target_flipped", "index"}, plus {"label", "label_flipped"}
+    with labels: `target` belongs to the image as stored, `target_flipped` to its mirror image (a
+    frozen model's embeddings, say), so that a random flip keeps image and target in step; so do
+    the labels (a label that does not depend on the orientation is given once).
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, targets_flipped: np.ndarray):
+    def __init__(self, images: np.ndarray, targets: np.ndarray, targets_flipped: np.ndarray,
+                 labels: np.ndarray | None = None, labels_flipped: np.ndarray | None = None):
         if not len(images) == len(targets) == len(targets_flipped):
             raise ValueError(f"{len(images)} images but {len(targets)} and "
                              f"{len(targets_flipped)} targets")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.targets = np.asarray(targets, np.float32)
         self.targets_flipped = np.asarray(targets_flipped, np.float32)
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
+        self.labels_flipped = self.labels if labels_flipped is None else np.asarray(
+            labels_flipped, np.int32)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "target": self.targets[index],
-                "target_flipped": self.targets_flipped[index], "index": np.int32(index)}
+        record = {"image": self.images[index], "target": self.targets[index],
+                  "target_flipped": self.targets_flipped[index], "index": np.int32(index)}
+        if self.labels is not None:
+            record.update(label=self.labels[index], label_flipped=self.labels_flipped[index])
+        return record
 
 
 def _target_record(record: dict, rng: np.random.Generator) -> dict:
-    flip = rng.random() < 0.5
-    image = record["image"][:, ::-1] if flip else record["image"]
-    target = record["target_flipped"] if flip else record["target"]
-    return {"image": normalize(image), "target": target, "index": record["index"]}
+    # Image, target and label flip together: the target is a frozen model's view of this image.
+    suffix = "_flipped" if rng.random() < 0.5 else ""
+    image = record["image"][:, ::-1] if suffix else record["image"]
+    out = {"image": normalize(image), "target": record["target" + suffix],
+           "index": record["index"]}
+    if "label" in record:
+        out["label"] = record["label" + suffix]
+    return out
 
 
 def target_dataset(source: TargetSource, *, batch_size: int, seed: int) -> grain.MapDataset:
-    """Endless shuffled batches {"image", "target", "index"} with random horizontal flips."""
+    """Endless shuffled batches {"image", "target", "index"(, "label")} with random horizontal
+    flips."""
     if len(source) < batch_size:
         raise ValueError(f"{len(source)} images are fewer than one batch ({batch_size}); lower "
                          "student.batch_size")

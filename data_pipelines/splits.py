@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 
@@ -72,3 +74,31 @@ def forget_retain_split(labels_N: np.ndarray, indices: np.ndarray, forget_ids: n
     """
     is_forget = np.isin(labels_N[indices], forget_ids)
     return indices[is_forget], indices[~is_forget]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestSplit:
+    """Which records an unlearning request covers, by identity (the evaluator's view: labels in).
+
+    Attributes:
+      forget_identities: sorted identity labels to forget.
+      forget: training-record indices of the forget identities (D_f).
+      retain: training-record indices of the other identities (D_r).
+      forget_holdout: held-out (never trained) records of the forget identities.
+      retain_holdout: held-out records of the retained identities.
+    """
+
+    forget_identities: np.ndarray
+    forget: np.ndarray
+    retain: np.ndarray
+    forget_holdout: np.ndarray
+    retain_holdout: np.ndarray
+
+    @classmethod
+    def of(cls, labels_N: np.ndarray, train_indices: np.ndarray, holdout_indices: np.ndarray,
+           forget_ids: np.ndarray) -> RequestSplit:
+        """The split of `forget_ids` over a labelled set's training and held-out records."""
+        forget, retain = forget_retain_split(labels_N, train_indices, forget_ids)
+        forget_holdout, retain_holdout = forget_retain_split(labels_N, holdout_indices,
+                                                             forget_ids)
+        return cls(np.asarray(forget_ids), forget, retain, forget_holdout, retain_holdout)

@@ -18,6 +18,7 @@ import pytest
 
 from cure_jax import config as config_lib
 from cure_jax.embeddings import make_embed_fn
+from cure_jax.losses.distill import cross_entropy, distill_kl, head_logits
 from cure_jax.methods import (
     bad_teacher,
     boundary_shrink,
@@ -30,7 +31,8 @@ from cure_jax.methods import (
     unsir,
 )
 from cure_jax.methods.base import Supervision, UnlabelledSet
-from data_pipelines.pipelines import normalize
+from cure_jax.optim import sgd
+from data_pipelines.pipelines import TargetSource, normalize, target_dataset
 from tests.contexts import tiny_context
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def labels(context):
 def _batch(unlabelled, rows, labels_N=None, *, flip=False):
     """Batch {"image", "target", "label"} of `rows`, mirrored with their mirrored targets."""
     images = unlabelled.images[rows][:, :, ::-1] if flip else unlabelled.images[rows]
-    target = (unlabelled.teacher_flipped if flip else unlabelled.teacher)[rows]
+    target = (unlabelled.teacher_emb_flipped if flip else unlabelled.teacher_emb)[rows]
     labels_B = np.zeros(len(rows), np.int32) if labels_N is None else labels_N[rows]
     return {"image": jnp.asarray(normalize(images)), "target": jnp.asarray(target),
             "label": jnp.asarray(labels_B, jnp.int32)}
@@ -73,12 +75,12 @@ def _logits(context, state, unlabelled, scale):
     """Head logits [N, K] of the student (evaluation mode) on every image of `unlabelled`."""
     emb = _embed_fn(context.graphs.eval)(state.params, state.batch_stats,
                                          normalize(unlabelled.images))
-    return label_free.head_logits(emb, state.centres, scale=scale)
+    return head_logits(emb, state.centres, scale=scale)
 
 
 def _ce(context, state, unlabelled, labels_N, scale):
-    return float(label_free.cross_entropy(_logits(context, state, unlabelled, scale),
-                                          jnp.asarray(labels_N)))
+    return float(cross_entropy(_logits(context, state, unlabelled, scale),
+                               jnp.asarray(labels_N)))
 
 
 def _run_steps(step, state, batches, count):
@@ -104,7 +106,7 @@ def test_pseudo_labels_are_the_teachers_own_predictions_and_read_no_identity(con
     assert labels.scale == SMOKE.model.scale
     # The fixed head `s cos(t, c)` ranks each image's pseudo-label first for the teacher.
     for unlabelled, ids in ((context.forget, labels.forget), (context.retain, labels.retain)):
-        logits = label_free.head_logits(jnp.asarray(unlabelled.teacher), labels.centres,
+        logits = head_logits(jnp.asarray(unlabelled.teacher_emb), labels.centres,
                                         scale=labels.scale)
         np.testing.assert_array_equal(np.argmax(logits, axis=1), ids)
     # Forget images differ from retain images: some cluster is mostly theirs.
@@ -136,10 +138,10 @@ def test_distillation_kl_matches_numpy():
 
     p, q = softmax(teacher / temperature), softmax(student / temperature)
     expected = temperature**2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
-    got = label_free.distill_kl(jnp.asarray(teacher), jnp.asarray(student),
+    got = distill_kl(jnp.asarray(teacher), jnp.asarray(student),
                                 temperature=temperature)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    assert float(label_free.distill_kl(jnp.asarray(teacher), jnp.asarray(teacher),
+    assert float(distill_kl(jnp.asarray(teacher), jnp.asarray(teacher),
                                        temperature=1.0)) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -158,9 +160,8 @@ def test_labelled_batches_flip_image_target_and_label_together():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
     targets = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
-    source = label_free.LabelledSource(images, targets, -targets, np.arange(8),
-                                       100 + np.arange(8))
-    dataset = label_free.labelled_dataset(source, batch_size=4, seed=0)
+    source = TargetSource(images, targets, -targets, np.arange(8), 100 + np.arange(8))
+    dataset = target_dataset(source, batch_size=4, seed=0)
     flips = 0
     for index in range(6):
         batch = dataset[index]
@@ -179,9 +180,9 @@ def test_labelled_batches_flip_image_target_and_label_together():
 
 
 def test_gradient_ascent_raises_forget_ce_with_one_compiled_step(context, labels):
-    tx = label_free.sgd(1e-3, 0.9)
-    step = label_free.make_step(context.graphs, tx,
-                                label_free.classifier_loss(scale=labels.scale, sign=-1.0))
+    tx = sgd(1e-3, 0.9)
+    step = label_free.make_student_step(
+        context.graphs, tx, label_free.classifier_loss(scale=labels.scale, sign=-1.0))
     state = _state(context, labels, tx)
     before = _ce(context, state, context.forget, labels.forget, labels.scale)
     batches = [_batch(context.forget, np.arange(8) + 8 * i, labels.forget, flip=i == 1)
@@ -198,8 +199,9 @@ def test_gradient_ascent_raises_forget_ce_with_one_compiled_step(context, labels
 
 
 def test_neggrad_raises_forget_ce_and_keeps_retain_ce(context, labels):
-    tx = label_free.sgd(1e-3, 0.9)
-    step = label_free.make_step(context.graphs, tx, neggrad.neggrad_loss(scale=labels.scale))
+    tx = sgd(1e-3, 0.9)
+    step = label_free.make_student_step(context.graphs, tx,
+                                        neggrad.neggrad_loss(scale=labels.scale))
     state = _state(context, labels, tx)
     forget_before = _ce(context, state, context.forget, labels.forget, labels.scale)
     retain_before = _ce(context, state, context.retain, labels.retain, labels.scale)
@@ -215,8 +217,8 @@ def test_neggrad_raises_forget_ce_and_keeps_retain_ce(context, labels):
 
 
 def test_finetune_and_random_labels_lower_ce_to_their_labels(context, labels):
-    tx = label_free.sgd(1e-3, 0.9)
-    step = label_free.make_step(context.graphs, tx, label_free.classifier_loss(
+    tx = sgd(1e-3, 0.9)
+    step = label_free.make_student_step(context.graphs, tx, label_free.classifier_loss(
         scale=labels.scale))
     wrong = random_label.random_other_labels(labels.forget, num_classes=len(labels.centres),
                                              seed=0)
@@ -231,17 +233,17 @@ def test_finetune_and_random_labels_lower_ce_to_their_labels(context, labels):
 
 
 def _kl_to(context, state, unlabelled, target_NxD, labels, temperature):
-    target = label_free.head_logits(jnp.asarray(target_NxD), labels.centres, scale=labels.scale)
-    return float(label_free.distill_kl(target, _logits(context, state, unlabelled, labels.scale),
+    target = head_logits(jnp.asarray(target_NxD), labels.centres, scale=labels.scale)
+    return float(distill_kl(target, _logits(context, state, unlabelled, labels.scale),
                                        temperature=temperature))
 
 
 def test_scrub_max_pass_raises_forget_kl_and_min_pass_lowers_retain_ce(context, labels):
     settings = SMOKE.scrub
-    tx = label_free.sgd(1e-3, 0.9)
-    max_step = label_free.make_step(context.graphs, tx, scrub.max_loss(
+    tx = sgd(1e-3, 0.9)
+    max_step = label_free.make_student_step(context.graphs, tx, scrub.max_loss(
         scale=labels.scale, temperature=settings.temperature))
-    min_step = label_free.make_step(context.graphs, tx, scrub.min_loss(
+    min_step = label_free.make_student_step(context.graphs, tx, scrub.min_loss(
         scale=labels.scale, temperature=settings.temperature, gamma=settings.gamma,
         alpha=settings.alpha))
     state = _state(context, labels, tx)
@@ -250,11 +252,11 @@ def test_scrub_max_pass_raises_forget_kl_and_min_pass_lowers_retain_ce(context, 
     state = state._replace(params=jax.tree.map(
         lambda p: p + 0.02 * np.std(p) * rng.normal(size=p.shape).astype(np.float32),
         state.params))
-    kl_before = _kl_to(context, state, context.forget, context.forget.teacher, labels,
+    kl_before = _kl_to(context, state, context.forget, context.forget.teacher_emb, labels,
                        settings.temperature)
     state = _run_steps(max_step, state, [_batch(context.forget, np.arange(8) + 8 * i)
                                          for i in range(3)], 6)
-    kl_after = _kl_to(context, state, context.forget, context.forget.teacher, labels,
+    kl_after = _kl_to(context, state, context.forget, context.forget.teacher_emb, labels,
                       settings.temperature)
     assert kl_after > 2 * kl_before, (kl_before, kl_after)
 
@@ -269,10 +271,10 @@ def test_scrub_max_pass_raises_forget_kl_and_min_pass_lowers_retain_ce(context, 
 def test_bad_teacher_forget_outputs_approach_the_incompetent_teacher(context, labels, tmp_path):
     bad, bad_flipped = bad_teacher.incompetent_embeddings(dataclasses.replace(context,
                                                                               folder=tmp_path))
-    assert bad.shape == context.forget.teacher.shape
+    assert bad.shape == context.forget.teacher_emb.shape
     assert (tmp_path / "incompetent_teacher.npz").exists()
-    tx = label_free.sgd(1e-3, 0.9)  # the method's Adam at 1e-4 is slower than a test
-    step = label_free.make_step(context.graphs, tx, bad_teacher.follow_loss(
+    tx = sgd(1e-3, 0.9)  # the method's Adam at 1e-4 is slower than a test
+    step = label_free.make_student_step(context.graphs, tx, bad_teacher.follow_loss(
         scale=labels.scale, temperature=1.0))
     state = _state(context, labels, tx)
     forget = UnlabelledSet(context.forget.images, bad, bad_flipped)
@@ -284,7 +286,7 @@ def test_bad_teacher_forget_outputs_approach_the_incompetent_teacher(context, la
 
 
 def test_unsir_noise_raises_mse_to_the_forget_logits(context, labels):
-    tx = label_free.sgd(1e-3, 0.9)
+    tx = sgd(1e-3, 0.9)
     state = _state(context, labels, tx)
     batch = {"forget": _batch(context.forget, np.arange(8))}
 
@@ -297,7 +299,7 @@ def test_unsir_noise_raises_mse_to_the_forget_logits(context, labels):
         embed = _embed_fn(context.graphs.eval)
 
         def logits(images):
-            return label_free.head_logits(embed(state.params, state.batch_stats, images),
+            return head_logits(embed(state.params, state.batch_stats, images),
                                           state.centres, scale=labels.scale)
 
         return float(jnp.mean(jnp.square(logits(noise) - logits(batch["forget"]["image"]))))
@@ -309,8 +311,8 @@ def test_boundary_shrink_moves_forget_predictions_to_the_neighbour_class(context
     plain, mirrored = boundary_shrink.neighbour_labels(context, labels)
     assert plain.shape == mirrored.shape == (24,)
     assert np.all(plain != labels.forget) and np.all(mirrored != labels.forget)
-    tx = label_free.sgd(1e-3, 0.9)
-    step = label_free.make_step(context.graphs, tx, label_free.classifier_loss(
+    tx = sgd(1e-3, 0.9)
+    step = label_free.make_student_step(context.graphs, tx, label_free.classifier_loss(
         scale=labels.scale))
     state = _state(context, labels, tx)
 

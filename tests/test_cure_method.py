@@ -26,7 +26,7 @@ def _context(tmp_path, config=SMOKE, **kwargs):
 def _batch(context, rows_f, rows_r):
     def side(unlabelled, rows):
         return {"image": jnp.asarray(normalize(unlabelled.images[rows])),
-                "target": jnp.asarray(unlabelled.teacher[rows]),
+                "target": jnp.asarray(unlabelled.teacher_emb[rows]),
                 "index": jnp.asarray(rows, jnp.int32)}
     return {"forget": side(context.forget, rows_f), "retain": side(context.retain, rows_r)}
 
@@ -34,7 +34,7 @@ def _batch(context, rows_f, rows_r):
 def _mean_cos(context, backbone_params, stats, unlabelled):
     embed = make_embed_fn(context.graphs.eval)
     emb = embed(backbone_params, stats, normalize(unlabelled.images))
-    return float(jnp.mean(cosine(emb, jnp.asarray(unlabelled.teacher))))
+    return float(jnp.mean(cosine(emb, jnp.asarray(unlabelled.teacher_emb))))
 
 
 def test_step_compiles_once_and_erases_forget_but_keeps_retain(tmp_path):
@@ -84,9 +84,9 @@ def test_initial_clusters_come_from_the_teacher_and_refresh_resets_the_head(tmp_
     labels = np.asarray(state.pseudo_labels)
     assert labels.shape == (len(context.forget),) and labels.max() < k_f
     # y~ is the farthest cluster from the nearest one: never the nearest itself.
+    teacher = context.forget.teacher_emb
     nearest = np.argmax(np.asarray(state.forget_centroids) @ (
-        context.forget.teacher / np.linalg.norm(context.forget.teacher, axis=1, keepdims=True)).T,
-        axis=0)
+        teacher / np.linalg.norm(teacher, axis=1, keepdims=True)).T, axis=0)
     assert np.all(labels != nearest)
 
     moved = state._replace(params={"backbone": state.params["backbone"],

@@ -14,10 +14,14 @@ from cure_jax import train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run_cli(args, **kwargs):
+def _run_cli(args, *, crash_at_step: int = 0):
+    """`python -m cure_jax.train ARGS` in a fresh process; killed after `crash_at_step`."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "cure_jax.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900, **kwargs)
+    command = ["-m", "cure_jax.train"]
+    if crash_at_step:
+        command = ["-m", "tests.crash_cli", str(crash_at_step), "cure_jax.train"]
+    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
 
 
 def _last_metrics(workdir):
@@ -33,7 +37,7 @@ def test_teacher_resumes_after_a_kill_with_the_same_result(tmp_path):
     assert out.returncode == 0, out.stderr
 
     crashed = tmp_path / "crashed"
-    out = _run_cli([*common, "--workdir", str(crashed), "--set", "run.crash_at_step=7"])
+    out = _run_cli([*common, "--workdir", str(crashed)], crash_at_step=7)
     assert out.returncode == 75, out.stderr  # killed mid-run, after the step-4 checkpoint
     assert not (crashed / "teacher" / "eval.json").exists()
     out = _run_cli([*common, "--workdir", str(crashed)])
@@ -131,7 +135,7 @@ def test_unlearning_resumes_after_a_kill_with_the_same_result(tmp_path):
     # A finished teacher takes no more steps, so the crash step counts CURE's (checkpoint every 4).
     out = _run_cli([*common, "--workdir", str(crashed), "--stage", "teacher"])
     assert out.returncode == 0, out.stderr
-    out = _run_cli([*common, "--workdir", str(crashed), "--set", "run.crash_at_step=5"])
+    out = _run_cli([*common, "--workdir", str(crashed)], crash_at_step=5)
     assert out.returncode == 75, out.stderr
     out = _run_cli([*common, "--workdir", str(crashed)])
     assert out.returncode == 0, out.stderr

@@ -15,24 +15,17 @@ import numpy as np
 import optax
 
 from cure_jax.embeddings import cached_embeddings, make_embed_fn
+from cure_jax.losses.distill import distill_kl, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
     LossFn,
-    backbone_of,
+    Phase,
     check_labels,
-    distill_kl,
-    head_logits,
-    initial_state,
-    labelled_iterator,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
+    run_phases,
 )
 from cure_jax.models.backbone import build_model, split_model
-from data_pipelines.pipelines import ArraySource
+from data_pipelines.pipelines import ArraySource, TargetSource
 
 
 def follow_loss(*, scale: float, temperature: float) -> LossFn:
@@ -74,25 +67,17 @@ def run(context: UnlearnContext) -> Backbone:
     """`bad_teacher.epochs` passes over the forget set plus the sampled retain images."""
     config = context.config
     settings = config.bad_teacher
-    batch_size = config.student.batch_size
     labels = make_labels(context)
     bad, bad_flipped = incompetent_embeddings(context)
     retain = context.retain
     rng = np.random.default_rng(config.unlearn.seed)
     rows = np.sort(rng.choice(len(retain), size=int(round(settings.retain_share * len(retain))),
                               replace=False))
-    source = LabelledSource(
-        np.concatenate([context.forget.images, retain.images[rows]]),
-        np.concatenate([bad, retain.teacher[rows]]),
-        np.concatenate([bad_flipped, retain.teacher_flipped[rows]]),
-        np.zeros(len(context.forget) + len(rows), np.int32))  # the loss reads no label
-    tx = optax.adam(settings.lr)
-    step = make_step(context.graphs, tx, follow_loss(scale=labels.scale,
-                                                     temperature=settings.temperature),
-                     batch_norm=config.unlearn.batch_norm)
-    seed = phase_seed(context, 0)
-    state = run_phase(context, phase="bad_teacher", step_fn=step,
-                      state=initial_state(context, tx, labels.centres),
-                      iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
-                      num_steps=pass_steps(len(source), batch_size, settings.epochs), seed=seed)
-    return backbone_of(state)
+    # Every image carries the embedding of the teacher it must follow; the loss reads no label.
+    source = TargetSource(np.concatenate([context.forget.images, retain.images[rows]]),
+                          np.concatenate([bad, retain.teacher_emb[rows]]),
+                          np.concatenate([bad_flipped, retain.teacher_emb_flipped[rows]]))
+    return run_phases(context, tx=optax.adam(settings.lr), centres_KxD=labels.centres,
+                      phases=[Phase("bad_teacher", follow_loss(
+                          scale=labels.scale, temperature=settings.temperature), source,
+                          settings.epochs)])

@@ -33,19 +33,23 @@ class UnlabelledSet:
 
     Attributes:
       images: uint8 [N, S, S, 3].
-      teacher: float32 [N, D] raw teacher embeddings of `images`.
-      teacher_flipped: float32 [N, D] raw teacher embeddings of the mirrored images.
+      teacher_emb: float32 [N, D] raw teacher embeddings of `images`.
+      teacher_emb_flipped: float32 [N, D] raw teacher embeddings of the mirrored images.
     """
 
     images: np.ndarray
-    teacher: np.ndarray
-    teacher_flipped: np.ndarray
+    teacher_emb: np.ndarray
+    teacher_emb_flipped: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def source(self) -> TargetSource:
-        return TargetSource(self.images, self.teacher, self.teacher_flipped)
+    def source(self, labels: np.ndarray | None = None,
+               labels_flipped: np.ndarray | None = None) -> TargetSource:
+        """The images with the teacher's embeddings as targets (and a class per orientation,
+        when given)."""
+        return TargetSource(self.images, self.teacher_emb, self.teacher_emb_flipped, labels,
+                            labels_flipped)
 
 
 @dataclasses.dataclass(frozen=True)

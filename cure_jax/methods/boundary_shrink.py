@@ -22,12 +22,14 @@ from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.margin import margin_loss
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
     Labels,
+    Phase,
     check_labels,
-    cross_entropy_phases,
+    classifier_loss,
     make_labels,
+    run_phases,
 )
+from cure_jax.optim import sgd
 from data_pipelines.pipelines import ArraySource, eval_batches
 
 
@@ -88,9 +90,9 @@ def neighbour_labels(context: UnlearnContext, labels: Labels) -> tuple[np.ndarra
 def run(context: UnlearnContext) -> Backbone:
     """`boundary_shrink.epochs` passes over the forget set minimising CE to the neighbour
     labels."""
+    settings = context.config.boundary_shrink
     labels = make_labels(context)
     plain, mirrored = neighbour_labels(context, labels)
-    return cross_entropy_phases(
-        context, settings=context.config.boundary_shrink, labels=labels,
-        phases=[("shrink", LabelledSource.of(context.forget, plain, mirrored),
-                 context.config.boundary_shrink.epochs)])
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=[Phase("shrink", classifier_loss(scale=labels.scale),
+                                    context.forget.source(plain, mirrored), settings.epochs)])

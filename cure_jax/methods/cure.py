@@ -21,10 +21,9 @@ import optax
 from flax import nnx
 
 from cure_jax import clustering, sharding
-from cure_jax.checkpointing import Checkpointer
 from cure_jax.config import CureConfig, DispersionConfig, OptimConfig
-from cure_jax.embeddings import embed_source, make_embed_fn
-from cure_jax.loop import run_loop, truncate_log
+from cure_jax.embeddings import embed_pass, make_embed_fn
+from cure_jax.loop import run_phase
 from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.cure import CureWeights, cure_loss
 from cure_jax.losses.dispersion import dispersion_loss
@@ -37,6 +36,7 @@ from cure_jax.methods.base import (
 )
 from cure_jax.models.backbone import Graphs
 from cure_jax.optim import lr_schedule, make_optimizer
+from cure_jax.steps import make_step
 from data_pipelines.pipelines import ArraySource
 
 
@@ -93,7 +93,8 @@ def make_cure_step(graphs: Graphs, tx: optax.GradientTransformation, config: Cur
     graph = graphs.eval if frozen_batch_norm else graphs.train
     use_dispersion = dispersion is not None and dispersion.weight != 0.0
 
-    def loss_fn(params, batch_stats, state: CureState, batch):
+    def objective(params, batch_stats, state: CureState, batch, key):
+        del key  # the backbone has no dropout in unlearning
         student = nnx.merge(graph, params["backbone"], batch_stats, copy=True)
         forget, retain = batch["forget"], batch["retain"]
         num_forget = forget["image"].shape[0]
@@ -114,21 +115,11 @@ def make_cure_step(graphs: Graphs, tx: optax.GradientTransformation, config: Cur
                                             kind=dispersion.kind, t=dispersion.uniformity_t)
             total = total + dispersion.weight * terms["disp"]
         new_stats = batch_stats if frozen_batch_norm else nnx.state(student, nnx.BatchStat)
-        return total, (new_stats, terms)
-
-    def step(state: CureState, batch: dict, root_key: jax.Array):
-        del root_key  # the backbone has no dropout in unlearning; kept for the loop's signature
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats, state,
-                                                      batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **{f"L_{name}": value for name, value in terms.items()},
+        metrics = {**{f"L_{name}": value for name, value in terms.items()},
                    "lr": schedule(state.step)}
-        return state._replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state), metrics
+        return total, (new_stats, metrics)
 
-    return jax.jit(step, donate_argnums=0)
+    return make_step(objective, tx)
 
 
 def initial_state(context: UnlearnContext, tx: optax.GradientTransformation,
@@ -138,8 +129,8 @@ def initial_state(context: UnlearnContext, tx: optax.GradientTransformation,
     cure = config or context.config.cure
     forget_key, retain_key = jax.random.split(key)
     forget_centroids, nearest, labels = cluster_forget(
-        forget_key, l2_normalize(jnp.asarray(context.forget.teacher)), cure)
-    retain = clustering.kmeans(retain_key, jnp.asarray(context.retain.teacher),
+        forget_key, l2_normalize(jnp.asarray(context.forget.teacher_emb)), cure)
+    retain = clustering.kmeans(retain_key, jnp.asarray(context.retain.teacher_emb),
                                num_clusters=cure.retain_clusters, num_iters=cure.kmeans_iters,
                                num_restarts=cure.kmeans_restarts, cosine=True)
     groups = nearest if context.forget_groups is None else jnp.asarray(context.forget_groups,
@@ -159,8 +150,9 @@ def make_refresh(context: UnlearnContext, key: jax.Array, config: CureConfig | N
     images = ArraySource(context.forget.images, np.zeros(len(context.forget), np.int32))
 
     def refresh(state: CureState) -> CureState:
-        emb = embed_source(embed, state.params["backbone"], state.batch_stats, images,
-                           batch_size=context.config.eval.batch_size, mesh=context.mesh)
+        emb = embed_pass(embed, state.params["backbone"], state.batch_stats, images,
+                         batch_size=context.config.eval.batch_size, mesh=context.mesh,
+                         mirrored=False)
         centroids, _, labels = cluster_forget(jax.random.fold_in(key, state.step),
                                               l2_normalize(jnp.asarray(emb)), cure)
         head = jnp.copy(centroids) if cure.head_reset == "centroids" else state.params["head"]
@@ -197,16 +189,8 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
     groups = np.asarray(state.groups) if dispersion is not None else None
     state = sharding.replicate(state, context.mesh)
 
-    checkpointer = Checkpointer(context.folder / "checkpoints", max_to_keep=config.run.max_to_keep)
     iterator = paired_iterator(context, batch_size=optim.batch_size, seed=config.unlearn.seed,
                                forget_groups=groups, dispersion=dispersion)
-    log_path = context.folder / "metrics.jsonl"
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, extra = checkpointer.restore(latest, state)
-        iterator.set_state(extra["iterator"])
-        truncate_log(log_path, latest)
-        print(f"{name}: resuming from step {latest} of {num_steps}")
     refresh_fn = make_refresh(context, refresh_key, cure)
 
     def after_step(state, step):
@@ -217,15 +201,9 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
 
     step_fn = make_cure_step(context.graphs, tx, cure, schedule,
                              batch_norm=config.unlearn.batch_norm, dispersion=dispersion)
-    try:
-        state = run_loop(step_fn=step_fn, state=state, root_key=key, iterator=iterator,
-                         num_steps=num_steps, mesh=context.mesh, checkpointer=checkpointer,
-                         log_path=log_path, log_every=config.run.log_every,
-                         checkpoint_every=config.run.checkpoint_every, progress=config.run.progress,
-                         desc=name, crash_at_step=config.run.crash_at_step, after_step=after_step)
-    finally:
-        # Also on an error (a non-finite loss): pending saves finish, threads stop.
-        checkpointer.close()
+    state = run_phase(folder=context.folder, step_fn=step_fn, state=state, iterator=iterator,
+                      num_steps=num_steps, root_key=key, mesh=context.mesh, run=config.run,
+                      desc=name, after_step=after_step)
     return Backbone(state.params["backbone"], state.batch_stats)
 
 

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
+    Phase,
     check_labels,
-    cross_entropy_phases,
+    classifier_loss,
     make_labels,
+    run_phases,
 )
+from cure_jax.optim import sgd
 
 
 @register("finetune", check=check_labels)
 def run(context: UnlearnContext) -> Backbone:
     """`finetune.epochs` passes over the retain set minimising CE."""
+    settings = context.config.finetune
     labels = make_labels(context)
-    return cross_entropy_phases(
-        context, settings=context.config.finetune, labels=labels,
-        phases=[("finetune", LabelledSource.of(context.retain, labels.retain),
-                 context.config.finetune.epochs)])
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=[Phase("finetune", classifier_loss(scale=labels.scale),
+                                    context.retain.source(labels.retain), settings.epochs)])

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
+    Phase,
     check_labels,
-    cross_entropy_phases,
+    classifier_loss,
     make_labels,
+    run_phases,
 )
+from cure_jax.optim import sgd
 
 
 @register("grad_ascent", check=check_labels)
 def run(context: UnlearnContext) -> Backbone:
     """`grad_ascent.epochs` passes over the forget set minimising -CE."""
+    settings = context.config.grad_ascent
     labels = make_labels(context)
-    return cross_entropy_phases(
-        context, settings=context.config.grad_ascent, labels=labels, sign=-1.0,
-        phases=[("ascent", LabelledSource.of(context.forget, labels.forget),
-                 context.config.grad_ascent.epochs)])
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=[Phase("ascent", classifier_loss(scale=labels.scale, sign=-1.0),
+                                    context.forget.source(labels.forget), settings.epochs)])

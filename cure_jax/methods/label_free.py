@@ -1,6 +1,6 @@
 """What the baseline methods share (SPEC section 5): labels without identity labels, the fixed
-centroid head, their losses, labelled batches, one generic jitted student step and phases that
-resume.
+centroid head, one generic jitted student step, and `run_phases`, the one entry point through
+which a baseline runs its phases.
 
 Label-free by default: k-means over the teacher's unit embeddings of retain + forget images gives
 `baselines.clusters` pseudo-classes; their unit centroids `c` are a fixed classifier with logits
@@ -8,15 +8,18 @@ Label-free by default: k-means over the teacher's unit embeddings of retain + fo
 `baselines.labels=true` (and only then) the context carries `Supervision`: identity labels and the
 teacher's margin-head centres replace both.
 
+A baseline module then reads like its paper: its losses (pure functions of the student and a
+batch), the data each phase passes over, and one call to `run_phases`.
+
 Shape legend: B batch, D embedding dimension, K classes (pseudo or true), N images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,12 +27,13 @@ import optax
 from flax import nnx
 
 from cure_jax import clustering, sharding
-from cure_jax.checkpointing import Checkpointer
-from cure_jax.loop import run_loop, truncate_log
+from cure_jax.loop import run_phase
 from cure_jax.losses.common import l2_normalize
-from cure_jax.methods.base import UnlabelledSet, UnlearnContext, check_batches
+from cure_jax.losses.distill import cross_entropy, head_logits
+from cure_jax.methods.base import UnlearnContext, check_batches
 from cure_jax.models.backbone import Backbone, Graphs
-from data_pipelines.pipelines import normalize, train_iterator
+from cure_jax.steps import Prepare, make_step
+from data_pipelines.pipelines import TargetSource, ZipIterator, target_dataset, train_iterator
 
 
 class Labels(NamedTuple):
@@ -61,8 +65,8 @@ def make_labels(context: UnlearnContext) -> Labels:
         return Labels(np.asarray(sup.forget_labels, np.int32),
                       np.asarray(sup.retain_labels, np.int32), centres, float(sup.scale))
     config = context.config.baselines
-    unit = l2_normalize(jnp.asarray(np.concatenate([context.retain.teacher,
-                                                    context.forget.teacher]), jnp.float32))
+    unit = l2_normalize(jnp.asarray(np.concatenate([context.retain.teacher_emb,
+                                                    context.forget.teacher_emb]), jnp.float32))
     result = clustering.kmeans(jax.random.key(context.config.unlearn.seed), unit,
                                num_clusters=config.clusters, num_iters=config.kmeans_iters,
                                num_restarts=config.kmeans_restarts, cosine=True)
@@ -81,42 +85,9 @@ def check_labels(config, num_forget: int, num_retain: int) -> None:
                          f"{num_forget + num_retain} forget and retain images; lower it")
 
 
-# Losses: pure functions of arrays.
-
 # `loss_fn(student, centres_KxD, batch) -> (loss, {name: scalar})`; `student(images)` gives raw
 # embeddings.
 LossFn = Callable[[nnx.Module, jax.Array, dict], tuple[jax.Array, dict]]
-
-
-def head_logits(emb_BxD: jax.Array, centres_KxD: jax.Array, *, scale: float) -> jax.Array:
-    """Logits [B, K] of the fixed head: `scale * cos(e, c)` for raw embeddings `e` and unit
-    centres `c`."""
-    return scale * (l2_normalize(emb_BxD) @ centres_KxD.T)
-
-
-def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B))
-
-
-def distill_kl(teacher_BxK: jax.Array, student_BxK: jax.Array, *,
-               temperature: float) -> jax.Array:
-    """`T^2 * mean_b KL(softmax(t_b / T) || softmax(s_b / T))`, summed over classes (Hinton's
-    distillation, as SCRUB and Bad Teacher use it).
-
-    Args:
-      teacher_BxK: logits of the model to match (no gradient flows into them).
-      student_BxK: logits of the student.
-      temperature: T.
-
-    Returns:
-      Scalar.
-    """
-    teacher_log = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_BxK) / temperature)
-    # log_softmax on both sides, not log(softmax): exact where a probability underflows to 0.
-    student_log = jax.nn.log_softmax(student_BxK / temperature)
-    kl_B = jnp.sum(jnp.exp(teacher_log) * (teacher_log - student_log), axis=-1)
-    return temperature**2 * jnp.mean(kl_B)
 
 
 def classifier_loss(*, scale: float, sign: float = 1.0) -> LossFn:
@@ -131,64 +102,7 @@ def classifier_loss(*, scale: float, sign: float = 1.0) -> LossFn:
     return loss_fn
 
 
-# Labelled batches.
-
-
-class LabelledSource:
-    """Images with the teacher's embedding and a class for each orientation.
-
-    Records are {"image", "target", "target_flipped", "label", "label_flipped"}; a label that
-    does not depend on the orientation is given once (`labels_flipped=None`).
-    """
-
-    def __init__(self, images: np.ndarray, targets: np.ndarray, targets_flipped: np.ndarray,
-                 labels: np.ndarray, labels_flipped: np.ndarray | None = None):
-        if not len(images) == len(targets) == len(targets_flipped) == len(labels):
-            raise ValueError(f"{len(images)} images, {len(targets)} and {len(targets_flipped)} "
-                             f"targets, {len(labels)} labels")
-        self.images = images
-        self.targets = np.asarray(targets, np.float32)
-        self.targets_flipped = np.asarray(targets_flipped, np.float32)
-        self.labels = np.asarray(labels, np.int32)
-        self.labels_flipped = self.labels if labels_flipped is None else np.asarray(
-            labels_flipped, np.int32)
-
-    @classmethod
-    def of(cls, unlabelled: UnlabelledSet, labels: np.ndarray,
-           labels_flipped: np.ndarray | None = None) -> LabelledSource:
-        return cls(unlabelled.images, unlabelled.teacher, unlabelled.teacher_flipped, labels,
-                   labels_flipped)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "target": self.targets[index],
-                "target_flipped": self.targets_flipped[index], "label": self.labels[index],
-                "label_flipped": self.labels_flipped[index]}
-
-
-def _labelled_record(record: dict, rng: np.random.Generator) -> dict:
-    # Image, target and label flip together: the target is the teacher's view of this image.
-    suffix = "_flipped" if rng.random() < 0.5 else ""
-    image = record["image"][:, ::-1] if suffix else record["image"]
-    return {"image": normalize(image), "target": record["target" + suffix],
-            "label": record["label" + suffix]}
-
-
-def labelled_dataset(source: LabelledSource, *, batch_size: int, seed: int) -> grain.MapDataset:
-    """Endless shuffled batches {"image", "target", "label"} with random horizontal flips."""
-    if len(source) < batch_size:
-        raise ValueError(f"{len(source)} images are fewer than one batch ({batch_size})")
-    return (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-            .random_map(_labelled_record).batch(batch_size, drop_remainder=True))
-
-
-def labelled_iterator(source: LabelledSource, *, batch_size: int, seed: int):
-    return train_iterator(labelled_dataset(source, batch_size=batch_size, seed=seed))
-
-
-# The student step and its phases.
+# The student step.
 
 
 class StudentState(NamedTuple):
@@ -209,13 +123,10 @@ def initial_state(context: UnlearnContext, tx: optax.GradientTransformation,
     return sharding.replicate(state, context.mesh)
 
 
-# `prepare(state, batch, key) -> batch`: work before the gradient (UNSIR's noise).
-Prepare = Callable[[StudentState, dict, jax.Array], dict]
-
-
-def make_step(graphs: Graphs, tx: optax.GradientTransformation, loss_fn: LossFn, *,
-              batch_norm: str = "frozen", prepare: Prepare | None = None):
-    """The jitted step `step(state, batch, root_key) -> (state, metrics)`, state donated.
+def make_student_step(graphs: Graphs, tx: optax.GradientTransformation, loss_fn: LossFn, *,
+                      batch_norm: str = "frozen", prepare: Prepare | None = None):
+    """The jitted step `step(state, batch, root_key) -> (state, metrics)` minimising `loss_fn`
+    against the fixed head `state.centres`, state donated.
 
     With `batch_norm="frozen"` the student runs its evaluation graph (running statistics, kept);
     with "train" it normalises with batch statistics and updates the running ones.
@@ -223,29 +134,17 @@ def make_step(graphs: Graphs, tx: optax.GradientTransformation, loss_fn: LossFn,
     frozen = batch_norm == "frozen"
     graph = graphs.eval if frozen else graphs.train
 
-    def objective(params, batch_stats, centres, batch):
+    def objective(params, batch_stats, state: StudentState, batch, key):
+        del key  # the student has no dropout; UNSIR's noise draws its key in `prepare`
         student = nnx.merge(graph, params, batch_stats, copy=True)
-        loss, terms = loss_fn(student, centres, batch)
+        loss, terms = loss_fn(student, state.centres, batch)
         new_stats = batch_stats if frozen else nnx.state(student, nnx.BatchStat)
         return loss, (new_stats, terms)
 
-    def step(state: StudentState, batch: dict, root_key: jax.Array):
-        if prepare is not None:
-            batch = prepare(state, batch, jax.random.fold_in(root_key, state.step))
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats,
-                                                      state.centres, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state._replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state), {"loss": loss, **terms}
-
-    return jax.jit(step, donate_argnums=0)
+    return make_step(objective, tx, prepare=prepare)
 
 
-def sgd(lr: float, momentum: float) -> optax.GradientTransformation:
-    """Constant-rate SGD with momentum, the baselines' optimiser."""
-    return optax.sgd(lr, momentum=momentum or None)
+# Phases.
 
 
 def pass_steps(num_images: int, batch_size: int, epochs: float) -> int:
@@ -256,45 +155,25 @@ def pass_steps(num_images: int, batch_size: int, epochs: float) -> int:
     return max(1, int(round(epochs * (num_images // batch_size))))
 
 
-def run_phase(context: UnlearnContext, *, phase: str, step_fn, state, iterator, num_steps: int,
-              seed: int):
-    """Runs one phase of `num_steps` steps from `state` under `context.folder / phase`.
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of a baseline: `epochs` passes minimising `loss` over batches of `data`.
 
-    A phase whose checkpoints exist resumes from the latest (a finished one only restores its
-    final state), so a killed multi-phase run redoes no finished phase.
-
-    Args:
-      phase: the phase's folder name (also the progress bar's).
-      step_fn: the phase's jitted step.
-      state: the state the phase starts from, a NamedTuple with a `step` field (restarted at
-        0); the phase returns the same structure.
-      iterator: the phase's batches; its state is checkpointed with the model.
-      num_steps: steps of the phase.
-      seed: folded into the per-step keys.
+    Attributes:
+      name: the phase's folder under the method's folder (and its progress bar).
+      loss: the loss; phases that share a loss object (and `prepare`) share one compiled step.
+      data: one source of batches {"image", "target", "index"(, "label")}, or named sources
+        advanced together (each step gets {name: batch}).
+      epochs: passes over `data`, over its first source when there are several; a phase of 0
+        epochs is skipped.
+      prepare: work on the batch before the gradient (UNSIR's noise).
     """
-    config = context.config
-    folder = context.folder / phase
-    state = sharding.replicate(state._replace(step=jnp.zeros((), jnp.int32)), context.mesh)
-    checkpointer = Checkpointer(folder / "checkpoints", max_to_keep=config.run.max_to_keep)
-    log_path = folder / "metrics.jsonl"
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, extra = checkpointer.restore(latest, state)
-        iterator.set_state(extra["iterator"])
-        truncate_log(log_path, latest)
-        if latest < num_steps:
-            print(f"{phase}: resuming from step {latest} of {num_steps}")
-    try:
-        return run_loop(step_fn=step_fn, state=state, root_key=jax.random.key(seed),
-                        iterator=iterator, num_steps=num_steps, mesh=context.mesh,
-                        checkpointer=checkpointer, log_path=log_path,
-                        log_every=config.run.log_every,
-                        checkpoint_every=config.run.checkpoint_every,
-                        progress=config.run.progress, desc=f"{context.folder.name}/{phase}",
-                        crash_at_step=config.run.crash_at_step)
-    finally:
-        # Also on an error (a non-finite loss): pending saves finish, threads stop.
-        checkpointer.close()
+
+    name: str
+    loss: LossFn
+    data: TargetSource | dict[str, TargetSource]
+    epochs: float
+    prepare: Prepare | None = None
 
 
 def phase_seed(context: UnlearnContext, index: int) -> int:
@@ -302,28 +181,46 @@ def phase_seed(context: UnlearnContext, index: int) -> int:
     return context.config.unlearn.seed * 1000 + index
 
 
-def backbone_of(state: StudentState) -> Backbone:
-    return Backbone(state.params, state.batch_stats)
+def phase_batches(data: TargetSource | dict[str, TargetSource], *, batch_size: int, seed: int):
+    """Endless shuffled batches of one source, or of several advanced together (seeds `seed`,
+    `seed + 1`, ... in order)."""
+    if isinstance(data, TargetSource):
+        return train_iterator(target_dataset(data, batch_size=batch_size, seed=seed))
+    return ZipIterator(**{name: train_iterator(target_dataset(source, batch_size=batch_size,
+                                                              seed=seed + offset))
+                          for offset, (name, source) in enumerate(data.items())})
 
 
-def cross_entropy_phases(context: UnlearnContext, *, settings, labels: Labels,
-                         phases: list[tuple[str, LabelledSource, float]],
-                         sign: float = 1.0) -> Backbone:
-    """The run of the classifier baselines: `phases` one after the other, each `(folder name,
-    labelled images, epochs)`, all minimising `sign * CE` against the fixed head with one SGD
-    optimiser (`settings.lr`, `settings.momentum`) and one compiled step. A phase of 0 epochs
-    is skipped; each resumes on its own (`run_phase`)."""
+def run_phases(context: UnlearnContext, *, tx: optax.GradientTransformation,
+               centres_KxD: np.ndarray, phases: list[Phase]) -> Backbone:
+    """Runs `phases` one after the other from the teacher, with one optimiser whose state
+    carries over, and returns the student.
+
+    Each phase resumes on its own (`loop.run_phase` under `context.folder / phase.name`), so a
+    killed multi-phase run redoes no finished phase. Phase `i` draws its batches and keys from
+    `phase_seed(context, i)`.
+    """
     config = context.config
     batch_size = config.student.batch_size
-    tx = sgd(settings.lr, settings.momentum)
-    step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale, sign=sign),
-                     batch_norm=config.unlearn.batch_norm)
-    state = initial_state(context, tx, labels.centres)
-    for index, (phase, source, epochs) in enumerate(phases):
-        if epochs <= 0:
+    state = initial_state(context, tx, centres_KxD)
+    steps = {}
+    for index, phase in enumerate(phases):
+        first = phase.data if isinstance(phase.data, TargetSource) else next(
+            iter(phase.data.values()))
+        num_steps = pass_steps(len(first), batch_size, phase.epochs)
+        if num_steps == 0:
             continue
+        compiled = (phase.loss, phase.prepare)
+        if compiled not in steps:
+            steps[compiled] = make_student_step(context.graphs, tx, phase.loss,
+                                        batch_norm=config.unlearn.batch_norm,
+                                        prepare=phase.prepare)
         seed = phase_seed(context, index)
-        state = run_phase(context, phase=phase, step_fn=step, state=state,
-                          iterator=labelled_iterator(source, batch_size=batch_size, seed=seed),
-                          num_steps=pass_steps(len(source), batch_size, epochs), seed=seed)
-    return backbone_of(state)
+        state = run_phase(
+            folder=context.folder / phase.name, step_fn=steps[compiled],
+            state=sharding.replicate(state._replace(step=jnp.zeros((), jnp.int32)),
+                                     context.mesh),
+            iterator=phase_batches(phase.data, batch_size=batch_size, seed=seed),
+            num_steps=num_steps, root_key=jax.random.key(seed), mesh=context.mesh,
+            run=config.run, desc=f"{context.folder.name}/{phase.name}")
+    return Backbone(state.params, state.batch_stats)

@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
     LossFn,
-    backbone_of,
+    Phase,
     check_labels,
-    cross_entropy,
-    head_logits,
-    initial_state,
-    labelled_iterator,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
-    sgd,
+    run_phases,
 )
-from data_pipelines.pipelines import ZipIterator
+from cure_jax.optim import sgd
 
 
 def neggrad_loss(*, scale: float) -> LossFn:
@@ -50,21 +42,10 @@ def neggrad_loss(*, scale: float) -> LossFn:
 @register("neggrad", check=check_labels)
 def run(context: UnlearnContext) -> Backbone:
     """`neggrad.epochs` passes over the forget set, each step paired with a retain batch."""
-    config = context.config
-    settings = config.neggrad
-    batch_size = config.student.batch_size
+    settings = context.config.neggrad
     labels = make_labels(context)
-    tx = sgd(settings.lr, settings.momentum)
-    step = make_step(context.graphs, tx, neggrad_loss(scale=labels.scale),
-                     batch_norm=config.unlearn.batch_norm)
-    seed = phase_seed(context, 0)
-    iterator = ZipIterator(
-        forget=labelled_iterator(LabelledSource.of(context.forget, labels.forget),
-                                 batch_size=batch_size, seed=seed),
-        retain=labelled_iterator(LabelledSource.of(context.retain, labels.retain),
-                                 batch_size=batch_size, seed=seed + 1))
-    state = run_phase(context, phase="neggrad", step_fn=step,
-                      state=initial_state(context, tx, labels.centres), iterator=iterator,
-                      num_steps=pass_steps(len(context.forget), batch_size, settings.epochs),
-                      seed=seed)
-    return backbone_of(state)
+    paired = {"forget": context.forget.source(labels.forget),
+              "retain": context.retain.source(labels.retain)}
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=[Phase("neggrad", neggrad_loss(scale=labels.scale), paired,
+                                    settings.epochs)])

@@ -13,11 +13,13 @@ import numpy as np
 
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
+    Phase,
     check_labels,
-    cross_entropy_phases,
+    classifier_loss,
     make_labels,
+    run_phases,
 )
+from cure_jax.optim import sgd
 
 
 def random_other_labels(labels_N: np.ndarray, *, num_classes: int, seed: int) -> np.ndarray:
@@ -45,8 +47,8 @@ def run(context: UnlearnContext) -> Backbone:
     labels = make_labels(context)
     wrong = random_other_labels(labels.forget, num_classes=len(labels.centres),
                                 seed=config.unlearn.seed)
-    return cross_entropy_phases(
-        context, settings=settings, labels=labels,
-        phases=[("relabel", LabelledSource.of(context.forget, wrong), settings.epochs),
-                ("repair", LabelledSource.of(context.retain, labels.retain),
-                 settings.repair_epochs)])
+    ce = classifier_loss(scale=labels.scale)
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=[Phase("relabel", ce, context.forget.source(wrong), settings.epochs),
+                              Phase("repair", ce, context.retain.source(labels.retain),
+                                    settings.repair_epochs)])

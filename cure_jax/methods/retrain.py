@@ -1,27 +1,24 @@
 """Retraining from scratch on the retain set (SPEC section 5): the gold standard every approximate
 method should approach.
 
-A fresh model (`models.backbone.build_model`, seeded by `run.seed`) with a margin head over the
-classes trains on the retain images only, with the teacher's recipe (`teacher.*` optimiser and
+A fresh model (seeded by `run.seed`) with a margin head over the classes trains on the retain
+images only, with the teacher's recipe (`teacher.train_margin_model`: `teacher.*` optimiser and
 schedule, `model.*` head, `data.augment_shift`); `retrain.epochs` (0: the teacher's) sets its
 length. Classes are the k-means pseudo-labels of the teacher's embeddings (so no identity label is
-read), or identities with `baselines.labels=true`. Its backbone is returned and its head discarded.
-Its embedding space is its own, so the teacher's class centres cannot score it: its evaluation keeps
-verification, retrieval and layer distance and leaves out the head-scored metrics (accuracies, UES,
-Table 2, membership inference).
+read), or identities with `baselines.labels=true`. Its backbone is returned and its head
+discarded. Its embedding space is its own, so the teacher's class centres cannot score it: its
+evaluation keeps verification, retrieval and layer distance and leaves out the head-scored metrics
+(accuracies, UES, Table 2, membership inference).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from cure_jax import sharding
 from cure_jax.methods.base import Backbone, UnlearnContext, register
-from cure_jax.methods.label_free import make_labels, run_phase
-from cure_jax.models.backbone import build_model, split_model
-from cure_jax.optim import lr_schedule, make_optimizer
-from cure_jax.teacher import Teacher, init_state, make_train_step
-from data_pipelines.pipelines import ArraySource, train_dataset, train_iterator
+from cure_jax.methods.label_free import make_labels
+from cure_jax.teacher import train_margin_model
+from data_pipelines.pipelines import ArraySource
 
 
 def retrain_optim(config):
@@ -48,21 +45,10 @@ def check_request(config, num_forget: int, num_retain: int) -> None:
 @register("retrain", check=check_request, own_embedding_space=True)
 def run(context: UnlearnContext) -> Backbone:
     """Trains a fresh model on the retain set, resuming from its latest checkpoint."""
-    config = context.config
-    optim = retrain_optim(config)
-    sharding.check_batch_size(optim.batch_size, context.mesh, "teacher.batch_size")
     labels = make_labels(context)
-    source = ArraySource(context.retain.images, labels.retain)
-    steps_per_epoch = len(source) // optim.batch_size
-    model = build_model(config.model, num_classes=len(labels.centres),
-                        image_size=context.retain.images.shape[1], seed=config.run.seed)
-    graphs, params, batch_stats = split_model(model)
-    tx = make_optimizer(optim, steps_per_epoch)
-    step = make_train_step(graphs.train, tx, config.model, lr_schedule(optim, steps_per_epoch))
-    iterator = train_iterator(train_dataset(source, batch_size=optim.batch_size,
-                                            seed=config.data.seed,
-                                            shift=config.data.augment_shift))
-    state = run_phase(context, phase="retrain", step_fn=step,
-                      state=init_state(params, batch_stats, tx), iterator=iterator,
-                      num_steps=optim.epochs * steps_per_epoch, seed=config.run.seed)
-    return Teacher(graphs, state.params, state.batch_stats).backbone()[1]
+    model = train_margin_model(
+        config=context.config, optim=retrain_optim(context.config),
+        source=ArraySource(context.retain.images, labels.retain),
+        num_classes=len(labels.centres), folder=context.folder / "retrain", mesh=context.mesh,
+        desc="retrain")
+    return model.backbone()[1]

@@ -16,24 +16,16 @@ and batch statistics are what first separate the two).
 
 from __future__ import annotations
 
+from cure_jax.losses.distill import cross_entropy, distill_kl, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
     LossFn,
-    backbone_of,
+    Phase,
     check_labels,
-    cross_entropy,
-    distill_kl,
-    head_logits,
-    initial_state,
-    labelled_iterator,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
-    sgd,
+    run_phases,
 )
+from cure_jax.optim import sgd
 
 
 def max_loss(*, scale: float, temperature: float) -> LossFn:
@@ -66,29 +58,17 @@ def min_loss(*, scale: float, temperature: float, gamma: float, alpha: float) ->
 def run(context: UnlearnContext) -> Backbone:
     """`scrub.epochs` epochs of (max pass over forget, for the first `max_steps_epochs`) and min
     pass over retain."""
-    config = context.config
-    settings = config.scrub
-    batch_size = config.student.batch_size
+    settings = context.config.scrub
     labels = make_labels(context)
-    tx = sgd(settings.lr, settings.momentum)
-    batch_norm = config.unlearn.batch_norm
-    max_step = make_step(context.graphs, tx, max_loss(scale=labels.scale,
-                                                      temperature=settings.temperature),
-                         batch_norm=batch_norm)
-    min_step = make_step(context.graphs, tx, min_loss(
-        scale=labels.scale, temperature=settings.temperature, gamma=settings.gamma,
-        alpha=settings.alpha), batch_norm=batch_norm)
-    forget = LabelledSource.of(context.forget, labels.forget)
-    retain = LabelledSource.of(context.retain, labels.retain)
-    state = initial_state(context, tx, labels.centres)
-    index = 0
+    maximise = max_loss(scale=labels.scale, temperature=settings.temperature)
+    minimise = min_loss(scale=labels.scale, temperature=settings.temperature,
+                        gamma=settings.gamma, alpha=settings.alpha)
+    forget = context.forget.source(labels.forget)
+    retain = context.retain.source(labels.retain)
+    phases = []
     for epoch in range(settings.epochs):
-        passes = [("max", max_step, forget), ("min", min_step, retain)]
-        for kind, step, source in passes[0 if epoch < settings.max_steps_epochs else 1:]:
-            seed = phase_seed(context, index)
-            index += 1
-            state = run_phase(context, phase=f"epoch{epoch}-{kind}", step_fn=step, state=state,
-                              iterator=labelled_iterator(source, batch_size=batch_size,
-                                                         seed=seed),
-                              num_steps=pass_steps(len(source), batch_size, 1), seed=seed)
-    return backbone_of(state)
+        if epoch < settings.max_steps_epochs:
+            phases.append(Phase(f"epoch{epoch}-max", maximise, forget, 1))
+        phases.append(Phase(f"epoch{epoch}-min", minimise, retain, 1))
+    return run_phases(context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+                      phases=phases)

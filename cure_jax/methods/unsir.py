@@ -18,27 +18,19 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
-    LabelledSource,
     LossFn,
-    Prepare,
+    Phase,
     StudentState,
-    backbone_of,
     check_labels,
     classifier_loss,
-    cross_entropy,
-    head_logits,
-    initial_state,
-    labelled_iterator,
     make_labels,
-    make_step,
-    pass_steps,
-    phase_seed,
-    run_phase,
-    sgd,
+    run_phases,
 )
-from data_pipelines.pipelines import ZipIterator
+from cure_jax.optim import sgd
+from cure_jax.steps import Prepare
 
 
 def make_noise(graph_eval: nnx.GraphDef, *, scale: float, steps: int, lr: float) -> Prepare:
@@ -92,35 +84,15 @@ def impair_loss(*, scale: float) -> LossFn:
 def run(context: UnlearnContext) -> Backbone:
     """`unsir.impair_epochs` passes over the forget set with noise, then `repair_epochs` passes
     over the retain set."""
-    config = context.config
-    settings = config.unsir
-    batch_size = config.student.batch_size
-    batch_norm = config.unlearn.batch_norm
+    settings = context.config.unsir
     labels = make_labels(context)
-    tx = sgd(settings.lr, settings.momentum)
-    forget = LabelledSource.of(context.forget, labels.forget)
-    retain = LabelledSource.of(context.retain, labels.retain)
-    state = initial_state(context, tx, labels.centres)
-
-    seed = phase_seed(context, 0)
-    impair_steps = pass_steps(len(forget), batch_size, settings.impair_epochs)
-    if impair_steps:
-        step = make_step(context.graphs, tx, impair_loss(scale=labels.scale),
-                         batch_norm=batch_norm,
-                         prepare=make_noise(context.graphs.eval, scale=labels.scale,
-                                            steps=settings.noise_steps, lr=settings.noise_lr))
-        iterator = ZipIterator(
-            forget=labelled_iterator(forget, batch_size=batch_size, seed=seed),
-            retain=labelled_iterator(retain, batch_size=batch_size, seed=seed + 1))
-        state = run_phase(context, phase="impair", step_fn=step, state=state, iterator=iterator,
-                          num_steps=impair_steps, seed=seed)
-
-    seed = phase_seed(context, 1)
-    repair_steps = pass_steps(len(retain), batch_size, settings.repair_epochs)
-    if repair_steps:
-        step = make_step(context.graphs, tx, classifier_loss(scale=labels.scale),
-                         batch_norm=batch_norm)
-        state = run_phase(context, phase="repair", step_fn=step, state=state,
-                          iterator=labelled_iterator(retain, batch_size=batch_size, seed=seed),
-                          num_steps=repair_steps, seed=seed)
-    return backbone_of(state)
+    retain = context.retain.source(labels.retain)
+    noise = make_noise(context.graphs.eval, scale=labels.scale, steps=settings.noise_steps,
+                       lr=settings.noise_lr)
+    return run_phases(
+        context, tx=sgd(settings.lr, settings.momentum), centres_KxD=labels.centres,
+        phases=[Phase("impair", impair_loss(scale=labels.scale),
+                      {"forget": context.forget.source(labels.forget), "retain": retain},
+                      settings.impair_epochs, prepare=noise),
+                Phase("repair", classifier_loss(scale=labels.scale), retain,
+                      settings.repair_epochs)])
