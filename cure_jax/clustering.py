@@ -420,8 +420,9 @@ def farthest_cluster_map(centroids_KxD: jax.Array) -> jax.Array:
 
 def pseudo_labels(
     points_NxD: jax.Array, centroids_KxD: jax.Array, *, chunk_size: int = 4096
-) -> jax.Array:
-    """CURE pseudo-labels ``y~(x) = phi(l(x))``: the farthest cluster from the nearest one.
+) -> tuple[jax.Array, jax.Array]:
+    """CURE's base labels ``l(x)`` and pseudo-labels ``y~(x) = phi(l(x))``: the nearest cluster,
+    and the farthest cluster from it.
 
     Args:
         points_NxD: [N, D] points (unit embeddings in CURE).
@@ -429,11 +430,10 @@ def pseudo_labels(
         chunk_size: most points per distance block.
 
     Returns:
-        [N] int32 pseudo-labels in [0, K).
+        ([N] int32 nearest cluster, [N] int32 pseudo-label), both in [0, K).
 
     Raises:
         ValueError: as :func:`assign`.
     """
-    return farthest_cluster_map(centroids_KxD)[
-        assign(points_NxD, centroids_KxD, chunk_size=chunk_size)
-    ]
+    nearest_N = assign(points_NxD, centroids_KxD, chunk_size=chunk_size)
+    return nearest_N, farthest_cluster_map(centroids_KxD)[nearest_N]

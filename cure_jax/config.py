@@ -12,27 +12,28 @@ import importlib.util
 import json
 import pathlib
 import typing
-from typing import Any
+from typing import Any, Literal
 
-from cure_jax.config_baselines import (
-    BadTeacherConfig,
-    BaselinesConfig,
-    BoundaryShrinkConfig,
-    FinetuneConfig,
-    GradAscentConfig,
-    NegGradConfig,
-    RandomLabelConfig,
-    RetrainConfig,
-    ScrubConfig,
-    UnsirConfig,
-)
+# Each method's section is declared in the method's module.
+from cure_jax.methods.bad_teacher import BadTeacherConfig
+from cure_jax.methods.boundary_shrink import BoundaryShrinkConfig
+from cure_jax.methods.cure import CureConfig
+from cure_jax.methods.dispersion import DispersionConfig
+from cure_jax.methods.finetune import FinetuneConfig
+from cure_jax.methods.grad_ascent import GradAscentConfig
+from cure_jax.methods.label_free import BaselinesConfig
+from cure_jax.methods.neggrad import NegGradConfig
+from cure_jax.methods.random_label import RandomLabelConfig
+from cure_jax.methods.retrain import RetrainConfig
+from cure_jax.methods.scrub import ScrubConfig
+from cure_jax.methods.unsir import UnsirConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the faces come from and how they are split."""
 
-    source: str = "synthetic"  # "synthetic" (embedded, rendered) | "folder" (folder per identity)
+    source: Literal["synthetic", "folder"] = "synthetic"  # embedded renders | folder per identity
     image_size: int = 64  # square input side fed to the model (64 or 112)
     seed: int = 0  # seeds rendering, splits and pair sampling
     # Synthetic source.
@@ -47,7 +48,7 @@ class DataConfig:
     max_images: int = 0  # cap of images per identity (0: no cap)
     crop_box: tuple[int, ...] = ()  # (left, top, right, bottom) applied before resizing; () = none
     pairs: str = ""  # LFW-style pairs.txt for verification ("" = none); images under its lfw root
-    on_bad_image: str = "error"  # "error" | "skip" an unreadable image
+    on_bad_image: Literal["error", "skip"] = "error"  # what an unreadable image does
     # Both.
     holdout_per_identity: float = 0.2  # share of each identity's images kept out of training
     augment_shift: int = 4  # training augmentation: random translation of up to this many pixels
@@ -57,11 +58,11 @@ class DataConfig:
 class ModelConfig:
     """Backbone and margin head."""
 
-    depth: str = "r18"  # r18 | r34 | r50 | r100
+    depth: Literal["r18", "r34", "r50", "r100"] = "r18"
     width: float = 0.25  # channel multiplier of the 64-128-256-512 stages
     embedding_dim: int = 128
     dropout: float = 0.0  # before the embedding layer, as in arcface_torch
-    head: str = "cosface"  # arcface | cosface (CosFace verified better on the synthetic default)
+    head: Literal["arcface", "cosface"] = "cosface"  # CosFace verified better on the default
     scale: float = 32.0  # s in s * cos(theta)
     margin: float = 0.35  # CosFace cosine margin, or ArcFace angular margin (0.5 is usual)
     straight_through: bool = True  # arcface_torch: the margin does not enter the gradient
@@ -73,12 +74,12 @@ class OptimConfig:
 
     batch_size: int = 64
     epochs: int = 8
-    optimizer: str = "sgd"  # "sgd" (momentum, coupled weight decay) | "adamw" (decoupled)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD: momentum, coupled decay; AdamW: decoupled
     lr: float = 0.1
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.5
-    schedule: str = "step"  # "step": x `decay` at each milestone | "cosine": cosine to zero
+    schedule: Literal["step", "cosine"] = "step"  # step: x `decay` at milestones; cosine to 0
     milestones: tuple[float, ...] = (5.0, 7.0)  # epochs at which the lr is multiplied by `decay`
     decay: float = 0.1
 
@@ -93,54 +94,7 @@ class UnlearnConfig:
     seed: int = 0  # seeds which identities are forgotten
     # Student batch norm: "frozen" (the teacher's running statistics, not updated: the student
     # starts exactly at the teacher) | "train" (batch statistics, running averages updated).
-    batch_norm: str = "frozen"
-
-
-@dataclasses.dataclass(frozen=True)
-class CureConfig:
-    """CURE (SPEC section 2). Defaults marked "ours" were lost from the paper; see
-    docs/interpretations.md."""
-
-    forget_clusters: int = 20  # K_f (ours)
-    retain_clusters: int = 50  # K_r (ours)
-    # tau: epochs between forget-cluster refreshes. The paper refreshes every 5; here a refresh
-    # every 5 of 20 epochs halved UES (0.255 -> 0.120), so by default none falls within the run.
-    refresh_every: float = 20.0
-    head_reset: str = "centroids"  # on refresh: "centroids" (W_h = unit c_f) | "keep" (ours)
-    margin: float = 0.3  # m of the contrastive hinges (ours)
-    temperature_pl: float = 0.05  # T of the pseudo-label cross-entropy (ours, by experiment)
-    temperature_fd: float = 0.1  # T of the feature distribution KL (ours)
-    contrastive_retain: str = "nearest"  # "nearest" | "mean" retain centroid in L_con (ours)
-    feature_match_on: str = "raw"  # "raw" | "unit" embeddings in L_fm (ours)
-    w_pl: float = 1.0
-    w_cosf: float = 1.0
-    w_con: float = 1.0
-    w_cosr: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    w_fm: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    w_fd: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    kmeans_iters: int = 30
-    kmeans_restarts: int = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class DispersionConfig:
-    """Embedding dispersion (SPEC section 3): spread each forget group over the sphere."""
-
-    weight: float = 1.0  # w_disp of the dispersion term
-    # "mean" | "hard" (hardest positive) | "uniformity" (smooth): uniformity erased retrieval
-    # furthest for what the retained identities kept (docs/RESULTS.md).
-    kind: str = "uniformity"
-    uniformity_t: float = 2.0  # t of the uniformity form
-    groups: str = "clusters"  # "clusters" (k-means of teacher forget embeddings) | "labels"
-    groups_per_batch: int = 16  # P of the P x K forget batches (P * K = student.batch_size)
-    images_per_group: int = 4  # K
-    # Method `dispersion`: multiplies CURE's retain terms (w_cosr, w_fm, w_fd); 0 = forget only.
-    retain_weight: float = 1.75  # x the CURE retain weights (10) = 17.5, by experiment
-    # Method `dispersion`: its learning rate and length (passes over the forget set; the decay
-    # milestones of `student.milestones` scale with it; 0: `student.epochs`); the rest of
-    # `student.*` applies. `cure+dispersion` uses `student.lr` and `student.epochs`.
-    lr: float = 1e-3
-    epochs: int = 40
+    batch_norm: Literal["frozen", "train"] = "frozen"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +128,8 @@ class Config:
     model: ModelConfig = ModelConfig()
     teacher: OptimConfig = OptimConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
-    # The unlearning methods' optimiser; an epoch is one pass over the forget set.
-    # AdamW at 1e-4: SGD at 1e-2 destroyed the retained identities and at 1e-3 either did the
-    # same or forgot nothing, depending on the weights (docs/RESULTS.md).
+    # The unlearning methods' optimiser; an epoch is one pass over the forget set. AdamW: SGD
+    # either destroyed the retained identities or forgot nothing (docs/RESULTS.md).
     student: OptimConfig = OptimConfig(batch_size=64, epochs=20, optimizer="adamw", lr=1e-4,
                                        warmup_epochs=0.0, milestones=(10.0, 15.0))
     cure: CureConfig = CureConfig()
@@ -195,25 +148,6 @@ class Config:
     run: RunConfig = RunConfig()
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic", "folder"),
-    "data.on_bad_image": ("error", "skip"),
-    "model.depth": ("r18", "r34", "r50", "r100"),
-    "model.head": ("arcface", "cosface"),
-    "teacher.optimizer": ("sgd", "adamw"),
-    "teacher.schedule": ("step", "cosine"),
-    "student.optimizer": ("sgd", "adamw"),
-    "student.schedule": ("step", "cosine"),
-    "unlearn.batch_norm": ("frozen", "train"),
-    "cure.head_reset": ("centroids", "keep"),
-    "cure.contrastive_retain": ("nearest", "mean"),
-    "cure.feature_match_on": ("raw", "unit"),
-    "dispersion.kind": ("mean", "hard", "uniformity"),
-    "dispersion.groups": ("clusters", "labels"),
-    "baselines.labels": ("pseudo", "true"),
-}
-
-
 class ConfigError(ValueError):
     """A config key or value that does not exist or does not parse."""
 
@@ -224,8 +158,15 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(key: str, text: str, kind: Any) -> Any:
-    """Parses `text` as a value of type `kind` (bool, int, float, str or tuple of those)."""
+    """Parses `text` as a value of type `kind` (bool, int, float, str, a Literal of those, or a
+    tuple of those)."""
     origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        value = _coerce(key, text, type(choices[0]))
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     try:
         if origin is tuple:
             (item_kind, *_) = typing.get_args(kind)
@@ -244,17 +185,28 @@ def _coerce(key: str, text: str, kind: Any) -> Any:
             return float(text)
         if kind is str:
             return text
+    except ConfigError:
+        raise
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{key}={text!r}: not a valid {name}") from None
     raise ConfigError(f"{key}: fields of type {kind} cannot be set from the command line")
 
 
-def _check_choices(config: Config) -> None:
-    for key, choices in CHOICES.items():
-        value = get_value(config, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+def validate(config: Any, prefix: str = "") -> None:
+    """Checks every field against its type's allowed values (a `Literal`'s choices).
+
+    Raises:
+      ConfigError: naming the key, the value and the valid choices.
+    """
+    for name, kind in _field_types(type(config)).items():
+        value = getattr(config, name)
+        key = prefix + name
+        if dataclasses.is_dataclass(value):
+            validate(value, prefix=f"{key}.")
+        elif typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+            raise ConfigError(f"{key}={value!r} is not one of "
+                              f"{', '.join(map(str, typing.get_args(kind)))}")
 
 
 def get_value(config: Any, key: str) -> Any:
@@ -298,7 +250,7 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
         if not sep:
             raise ConfigError(f"--set expects key=value, got {assignment!r}")
         config = override(config, key.strip(), text.strip())
-    _check_choices(config)
+    validate(config)
     return config
 
 
@@ -318,7 +270,7 @@ def load_config(path_or_name: str) -> Config:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config()")
     config = module.get_config()
-    _check_choices(config)
+    validate(config)
     return config
 
 

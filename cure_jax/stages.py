@@ -33,8 +33,9 @@ from data_pipelines.splits import RequestSplit, forget_identities
 
 # What the teacher depends on: a workdir's teacher is reused only when these keys agree.
 TEACHER_KEYS = ("data.", "model.", "teacher.", "run.seed")
-# What every method's result depends on, besides its own config sections.
-METHOD_KEYS = ("unlearn.", "student.", "baselines.", "eval.")
+# What every method's result depends on besides the teacher and what the method reads
+# (`MethodSpec.reads`): the request and its evaluation.
+REQUEST_KEYS = ("unlearn.", "eval.")
 
 
 def prepare_folder(folder: pathlib.Path, config: config_lib.Config, *,
@@ -136,8 +137,7 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     name = config.unlearn.method
     folder = workdir / name
     spec = methods.get_method(name)
-    prepare_folder(folder, config, only=(*TEACHER_KEYS, *METHOD_KEYS,
-                                         *(f"{section}." for section in spec.sections)))
+    prepare_folder(folder, config, only=(*TEACHER_KEYS, *REQUEST_KEYS, *spec.reads))
     if (folder / "metrics.json").exists():
         print(f"{name}: finished earlier, reusing {folder / 'metrics.json'}")
         print("\n" + (folder / "report.md").read_text())

@@ -8,7 +8,7 @@ once with the state donated. Modules are split into a static graph and array sta
 from __future__ import annotations
 
 import pathlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +16,15 @@ import optax
 from flax import nnx
 
 from cure_jax import sharding
-from cure_jax.config import ModelConfig
 from cure_jax.loop import run_phase
 from cure_jax.losses.margin import margin_loss
 from cure_jax.models.backbone import Backbone, Graphs, build_model, split_model
 from cure_jax.optim import lr_schedule, make_optimizer
 from cure_jax.steps import make_step
 from data_pipelines.pipelines import SubsetSource, train_dataset, train_iterator
+
+if TYPE_CHECKING:
+    from cure_jax.config import ModelConfig
 
 
 class TrainState(NamedTuple):

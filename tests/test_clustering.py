@@ -225,9 +225,9 @@ def test_assign_and_pseudo_labels_against_numpy(chunk_size):
     labels = np.asarray(clustering.assign(x, c, chunk_size=chunk_size))
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(labels, d.argmin(axis=1))
-    np.testing.assert_array_equal(
-        clustering.pseudo_labels(x, c, chunk_size=chunk_size), _farthest_numpy(c)[d.argmin(1)]
-    )
+    nearest, pseudo = clustering.pseudo_labels(x, c, chunk_size=chunk_size)
+    np.testing.assert_array_equal(nearest, d.argmin(axis=1))
+    np.testing.assert_array_equal(pseudo, _farthest_numpy(c)[d.argmin(1)])
 
 
 def test_errors_raised_before_tracing():

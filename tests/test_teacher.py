@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +112,12 @@ def test_four_fake_devices_give_the_same_losses_as_one():
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-    mesh = sharding.make_mesh(1)
-    sharding.check_batch_size(16, mesh, "teacher.batch_size")
+    four_devices = types.SimpleNamespace(size=4)  # all the check reads of a mesh
+    sharding.check_batch_size(16, four_devices, "teacher.batch_size")
+    with pytest.raises(ValueError, match=r"teacher.batch_size=18 is not divisible by the 4"):
+        sharding.check_batch_size(18, four_devices, "teacher.batch_size")
+
+
+def test_more_devices_than_visible_is_a_clear_error():
     with pytest.raises(ValueError, match="run.num_devices"):
         sharding.make_mesh(len(jax.devices()) + 1)

@@ -11,6 +11,8 @@ loss is one KL to that teacher's head distribution at temperature T, Adam.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import optax
 
@@ -18,6 +20,7 @@ from cure_jax.embeddings import cached_embeddings, make_embed_fn
 from cure_jax.losses.distill import distill_kl, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
+    BASELINE_READS,
     LossFn,
     Phase,
     check_labels,
@@ -26,6 +29,16 @@ from cure_jax.methods.label_free import (
 )
 from cure_jax.models.backbone import build_model, split_model
 from data_pipelines.pipelines import ArraySource, TargetSource
+
+
+@dataclasses.dataclass(frozen=True)
+class BadTeacherConfig:
+    """Bad Teacher's settings (the paper's)."""
+
+    epochs: int = 1  # passes over D_f plus the sampled share of D_r
+    retain_share: float = 0.3
+    lr: float = 1e-4  # Adam
+    temperature: float = 1.0
 
 
 def follow_loss(*, scale: float, temperature: float) -> LossFn:
@@ -62,7 +75,7 @@ def check_request(config, num_forget: int, num_retain: int) -> None:
         raise ValueError(f"bad_teacher.retain_share={share} must be in [0, 1]")
 
 
-@register("bad_teacher", check=check_request)
+@register("bad_teacher", check=check_request, reads=BASELINE_READS)
 def run(context: UnlearnContext) -> Backbone:
     """`bad_teacher.epochs` passes over the forget set plus the sampled retain images."""
     config = context.config

@@ -2,9 +2,16 @@
 
 A method is a function `run(context) -> Backbone`. The context holds the frozen teacher, the
 forget and retain images with the teacher's cached embeddings of them, the device mesh and a
-folder for the method's checkpoints and logs. It holds no identity labels and no class centres:
-that is what "unsupervised unlearning" means here, and the evaluator (which has the labels) is
-not importable from the methods.
+folder for the method's checkpoints and logs. It holds no identity labels and no class centres
+unless the config says that the request carries them (`dispersion.groups=labels`,
+`baselines.labels=true`): that is what "unsupervised unlearning" means here. No method imports the
+evaluator or the metrics, which hold the labels (tests/test_methods.py checks it).
+
+Adding a method takes one module under `cure_jax/methods/`: its settings as a frozen dataclass,
+its losses, a `run(context) -> Backbone` decorated with `register(name, check=..., reads=...)`,
+and two lines elsewhere: the module's name in `cure_jax/methods/__init__.py` and its settings as
+a section of `cure_jax.config.Config`. Baselines build on `label_free` (labels, one step, phases
+through `run_phases`); CURE-like methods on `cure.unlearn`.
 """
 
 from __future__ import annotations
@@ -106,7 +113,9 @@ Check = Callable[[object, int, int], None]
 class MethodSpec(NamedTuple):
     run: Method
     check: Check | None
-    sections: tuple[str, ...]  # the config sections the method reads besides the common ones
+    # Config keys (or key prefixes ending in ".") whose values the method's result depends on,
+    # besides the teacher's and the request's (`stages.TEACHER_KEYS`, `stages.REQUEST_KEYS`).
+    reads: tuple[str, ...]
     # True when the returned backbone embeds into a space of its own (a model trained from
     # scratch), so the teacher's class centres cannot score it.
     own_embedding_space: bool = False
@@ -115,15 +124,15 @@ class MethodSpec(NamedTuple):
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, check: Check | None = None, sections: tuple[str, ...] | None = None,
+def register(name: str, *, check: Check | None = None, reads: tuple[str, ...] = (),
              own_embedding_space: bool = False) -> Callable[[Method], Method]:
     """Decorator adding a method to the registry under `name`.
 
     Args:
       check: run before any training starts; raises ValueError for a request it cannot serve.
-      sections: the config sections the method reads besides `unlearn`, `student`, `baselines`
-        and `eval` (default: the section named like the method); a finished run of the method is
-        reused only while these agree.
+      reads: the config keys or sections (prefixes ending in ".") the method reads besides its
+        own section `<name>.` (always included), the teacher's and the request's; a finished run
+        of the method is reused only while these agree, and a change anywhere else leaves it be.
       own_embedding_space: the method's backbone does not descend from the teacher, so the
         metrics read through the teacher's class centres are left out of its evaluation.
     """
@@ -131,8 +140,7 @@ def register(name: str, *, check: Check | None = None, sections: tuple[str, ...]
     def add(method: Method) -> Method:
         if name in METHODS:
             raise ValueError(f"unlearning method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(method, check, (name,) if sections is None else sections,
-                                   own_embedding_space)
+        METHODS[name] = MethodSpec(method, check, (f"{name}.", *reads), own_embedding_space)
         return method
 
     return add

@@ -15,10 +15,36 @@ run: clusters of already-dispersed embeddings would mean nothing.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Literal
 
-from cure_jax.config import CureConfig, DispersionConfig, OptimConfig
 from cure_jax.methods.base import Backbone, UnlearnContext, register
-from cure_jax.methods.cure import check_request, unlearn
+from cure_jax.methods.cure import CureConfig, check_request, unlearn
+
+if TYPE_CHECKING:
+    from cure_jax.config import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DispersionConfig:
+    """Embedding dispersion (SPEC section 3): spread each forget group over the sphere."""
+
+    weight: float = 1.0  # w_disp of the dispersion term
+    # Of the three forms (mean positive cosine, hardest positive, smooth uniformity), uniformity
+    # erased retrieval furthest for what the retained identities kept (docs/RESULTS.md).
+    kind: Literal["mean", "hard", "uniformity"] = "uniformity"
+    uniformity_t: float = 2.0  # t of the uniformity form
+    # Groups: k-means clusters of the teacher's forget embeddings (label-free), or the identities
+    # when the request names them.
+    groups: Literal["clusters", "labels"] = "clusters"
+    groups_per_batch: int = 16  # P of the P x K forget batches (P * K = student.batch_size)
+    images_per_group: int = 4  # K
+    # Method `dispersion`: multiplies CURE's retain terms (w_cosr, w_fm, w_fd); 0 = forget only.
+    retain_weight: float = 1.75  # the retained identities' mAP needs it (docs/RESULTS.md)
+    # Method `dispersion`: its learning rate and length (passes over the forget set; the decay
+    # milestones of `student.milestones` scale with it; 0: `student.epochs`); the rest of
+    # `student.*` applies. `cure+dispersion` uses `student.lr` and `student.epochs`.
+    lr: float = 1e-3
+    epochs: int = 40
 
 
 def check_dispersion(config, num_forget: int, num_retain: int) -> None:
@@ -51,7 +77,7 @@ def dispersion_optim(student: OptimConfig, dispersion: DispersionConfig) -> Opti
                                milestones=tuple(m * scale for m in student.milestones))
 
 
-@register("dispersion", check=check_dispersion, sections=("cure", "dispersion"))
+@register("dispersion", check=check_dispersion, reads=("student.", "cure."))
 def run_dispersion(context: UnlearnContext) -> Backbone:
     """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
     config = context.config
@@ -61,7 +87,8 @@ def run_dispersion(context: UnlearnContext) -> Backbone:
                    refresh=False, optim=optim)
 
 
-@register("cure+dispersion", check=check_dispersion, sections=("cure", "dispersion"))
+@register("cure+dispersion", check=check_dispersion,
+          reads=("student.", "cure.", "dispersion."))
 def run_cure_dispersion(context: UnlearnContext) -> Backbone:
     """CURE's six terms plus the dispersion term, in one jitted step."""
     config = context.config

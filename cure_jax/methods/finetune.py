@@ -7,8 +7,11 @@ supported. Labels are the k-means pseudo-labels of the teacher's embeddings, or 
 
 from __future__ import annotations
 
+import dataclasses
+
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
+    BASELINE_READS,
     Phase,
     check_labels,
     classifier_loss,
@@ -18,7 +21,16 @@ from cure_jax.methods.label_free import (
 from cure_jax.optim import sgd
 
 
-@register("finetune", check=check_labels)
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning's settings."""
+
+    epochs: int = 2  # passes over the retain set
+    lr: float = 1e-3
+    momentum: float = 0.9
+
+
+@register("finetune", check=check_labels, reads=BASELINE_READS)
 def run(context: UnlearnContext) -> Backbone:
     """`finetune.epochs` passes over the retain set minimising CE."""
     settings = context.config.finetune

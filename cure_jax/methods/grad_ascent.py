@@ -7,8 +7,11 @@ embeddings, or identities with `baselines.labels=true` (`cure_jax.methods.label_
 
 from __future__ import annotations
 
+import dataclasses
+
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
+    BASELINE_READS,
     Phase,
     check_labels,
     classifier_loss,
@@ -18,7 +21,16 @@ from cure_jax.methods.label_free import (
 from cure_jax.optim import sgd
 
 
-@register("grad_ascent", check=check_labels)
+@dataclasses.dataclass(frozen=True)
+class GradAscentConfig:
+    """Gradient Ascent's settings."""
+
+    epochs: int = 10  # passes over the forget set (2 move nothing here)
+    lr: float = 5e-4  # 1e-3 collapses everything in 10 epochs
+    momentum: float = 0.9
+
+
+@register("grad_ascent", check=check_labels, reads=BASELINE_READS)
 def run(context: UnlearnContext) -> Backbone:
     """`grad_ascent.epochs` passes over the forget set minimising -CE."""
     settings = context.config.grad_ascent

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,23 @@ from cure_jax.methods.base import UnlearnContext, check_batches
 from cure_jax.models.backbone import Backbone, Graphs
 from cure_jax.steps import Prepare, make_step
 from data_pipelines.pipelines import TargetSource, ZipIterator, target_dataset, train_iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesConfig:
+    """What every baseline shares: how it gets labels without identity labels."""
+
+    # "pseudo": k-means pseudo-labels over the teacher's embeddings of retain + forget images and a
+    # fixed centroid head `scale * cos(z, c)` replace identity labels and the identity classifier.
+    # "true": the supervised originals (identity labels and the teacher's margin-head centres).
+    labels: Literal["pseudo", "true"] = "pseudo"
+    clusters: int = 200  # K_all of the pseudo-labels (as many as the default has identities)
+    kmeans_iters: int = 30
+    kmeans_restarts: int = 2
+
+
+# What a baseline reads besides its own section: the student batch and the label settings.
+BASELINE_READS = ("student.batch_size", "baselines.")
 
 
 class Labels(NamedTuple):

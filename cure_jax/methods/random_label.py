@@ -9,10 +9,13 @@ with `baselines.labels=true` (`cure_jax.methods.label_free`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
+    BASELINE_READS,
     Phase,
     check_labels,
     classifier_loss,
@@ -20,6 +23,16 @@ from cure_jax.methods.label_free import (
     run_phases,
 )
 from cure_jax.optim import sgd
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomLabelConfig:
+    """Random Labeling's settings."""
+
+    epochs: int = 5  # passes over the forget set with random other labels (2 move nothing here)
+    repair_epochs: int = 1  # passes over the retain set
+    lr: float = 1e-3  # 1e-2 collapses the model
+    momentum: float = 0.9
 
 
 def random_other_labels(labels_N: np.ndarray, *, num_classes: int, seed: int) -> np.ndarray:
@@ -38,7 +51,7 @@ def random_other_labels(labels_N: np.ndarray, *, num_classes: int, seed: int) ->
     return (draw + (draw >= labels_N)).astype(np.int32)
 
 
-@register("random_label", check=check_labels)
+@register("random_label", check=check_labels, reads=BASELINE_READS)
 def run(context: UnlearnContext) -> Backbone:
     """`random_label.epochs` passes over the relabelled forget set, then `repair_epochs` over
     the retain set, both minimising CE."""

@@ -21,6 +21,14 @@ from cure_jax.teacher import train_margin_model
 from data_pipelines.pipelines import ArraySource
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining from scratch on the retain set uses the teacher's recipe (`teacher.*`) and the
+    labels of `baselines.labels`."""
+
+    epochs: int = 0  # 0: the teacher's number of epochs
+
+
 def retrain_optim(config):
     """The teacher's optimiser settings, with `retrain.epochs` when it is set."""
     epochs = config.retrain.epochs
@@ -42,7 +50,7 @@ def check_request(config, num_forget: int, num_retain: int) -> None:
                          "images; lower it")
 
 
-@register("retrain", check=check_request, own_embedding_space=True)
+@register("retrain", check=check_request, reads=("baselines.",), own_embedding_space=True)
 def run(context: UnlearnContext) -> Backbone:
     """Trains a fresh model on the retain set, resuming from its latest checkpoint."""
     labels = make_labels(context)

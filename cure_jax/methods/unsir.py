@@ -13,6 +13,8 @@ Labels are the k-means pseudo-labels of the teacher's embeddings, or identities 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -21,6 +23,7 @@ from flax import nnx
 from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
+    BASELINE_READS,
     LossFn,
     Phase,
     StudentState,
@@ -31,6 +34,19 @@ from cure_jax.methods.label_free import (
 )
 from cure_jax.optim import sgd
 from cure_jax.steps import Prepare
+
+
+@dataclasses.dataclass(frozen=True)
+class UnsirConfig:
+    """UNSIR's settings (the paper's; other values tried change nothing here:
+    docs/interpretations.md)."""
+
+    noise_steps: int = 5  # Adam steps optimising the noise per forget batch
+    noise_lr: float = 0.01
+    impair_epochs: int = 1  # passes over the forget set with noise + retain
+    repair_epochs: int = 1  # passes over the retain set
+    lr: float = 1e-3
+    momentum: float = 0.9
 
 
 def make_noise(graph_eval: nnx.GraphDef, *, scale: float, steps: int, lr: float) -> Prepare:
@@ -80,7 +96,7 @@ def impair_loss(*, scale: float) -> LossFn:
     return loss_fn
 
 
-@register("unsir", check=check_labels)
+@register("unsir", check=check_labels, reads=BASELINE_READS)
 def run(context: UnlearnContext) -> Backbone:
     """`unsir.impair_epochs` passes over the forget set with noise, then `repair_epochs` passes
     over the retain set."""

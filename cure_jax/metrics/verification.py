@@ -3,7 +3,7 @@
 The protocol (insightface `recognition/arcface_torch/eval/verification.py`):
 
 1. `emb = normalise(emb_orig + emb_flip)`: the raw embeddings of an image and of its horizontal
-   flip are summed, then normalised.
+   flip are summed, then normalised (`cure_jax.evaluation.verification_metrics`).
 2. A pair's distance is the squared Euclidean distance of the two unit embeddings (`2 - 2 cos`, in
    [0, 4]); a pair is predicted "same" when its distance is strictly below the threshold.
 3. Accuracy: folds over the pairs (10 contiguous ones, as `KFold(10, shuffle=False)`); thresholds
@@ -26,34 +26,6 @@ import numpy as np
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 TAR_THRESHOLDS = np.arange(0, 4, 0.001)
-
-
-def _normalise(x_NxD: np.ndarray) -> np.ndarray:
-    norm_N1 = np.linalg.norm(x_NxD, axis=1, keepdims=True)
-    # A zero row stays zero (as sklearn.preprocessing.normalize leaves it) instead of becoming NaN.
-    return x_NxD / np.where(norm_N1 > 0, norm_N1, 1.0)
-
-
-def combine_flip(emb_NxD, emb_flip_NxD) -> np.ndarray:
-    """Combines the embeddings of images and of their horizontal flips.
-
-    Args:
-        emb_NxD: raw (not necessarily normalised) embeddings, [N, D].
-        emb_flip_NxD: raw embeddings of the flipped images, [N, D].
-
-    Returns:
-        `normalise(emb + emb_flip)`, float64 [N, D], unit rows (zero rows stay zero).
-
-    Raises:
-        ValueError: if the shapes differ or are not 2-D.
-    """
-    emb = np.asarray(emb_NxD, dtype=np.float64)
-    emb_flip = np.asarray(emb_flip_NxD, dtype=np.float64)
-    if emb.ndim != 2 or emb.shape != emb_flip.shape:
-        raise ValueError(f"expected two [N, D] arrays of one shape, got {emb.shape} and "
-                         f"{emb_flip.shape}")
-    # Sum the raw embeddings first: a confident view (larger norm) weighs more, as in arcface_torch.
-    return _normalise(emb + emb_flip)
 
 
 def pair_distances(emb_a_PxD, emb_b_PxD) -> np.ndarray:

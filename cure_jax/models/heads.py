@@ -1,7 +1,9 @@
-"""Heads on top of the embedding: the margin head's class centres and the pseudo-label head.
+"""The margin head on top of the embedding: class centres whose logits are cosines.
 
-Both are a matrix of unit-normalised class vectors; logits are (scaled) cosines. The margin itself
-lives in `cure_jax.losses.margin`, since only the training loss uses it.
+The centres are a matrix of class vectors, normalised when used; logits are (scaled) cosines. The
+margin itself lives in `cure_jax.losses.margin`, since only the training loss uses it. CURE's
+pseudo-label head and the baselines' centroid head are arrays of the same form in their methods'
+states.
 """
 
 from __future__ import annotations
