@@ -20,9 +20,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cure_jax.losses.common import l2_normalize
+
 _INITS = ("k-means++", "random")
-# Guards the normalisation of zero vectors (cosine mode): x / max(||x||, eps).
-_NORM_EPS = 1e-12
 
 
 class KMeansResult(NamedTuple):
@@ -40,11 +40,6 @@ class KMeansResult(NamedTuple):
     assignment: jax.Array
     inertia: jax.Array
     iterations: jax.Array
-
-
-def _normalise(x_NxD: jax.Array) -> jax.Array:
-    norm_N1 = jnp.linalg.norm(x_NxD, axis=-1, keepdims=True)
-    return x_NxD / jnp.maximum(norm_N1, _NORM_EPS)
 
 
 def _to_chunks(x_NxD: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -157,7 +152,7 @@ def _update(
     new_KxD = jnp.where(
         counts_K[:, None] > 0, sums_KxD / jnp.maximum(counts_K, 1.0)[:, None], centroids_KxD
     )
-    return (_normalise(new_KxD) if cosine else new_KxD), any_empty
+    return (l2_normalize(new_KxD) if cosine else new_KxD), any_empty
 
 
 def _single_run(
@@ -247,7 +242,7 @@ def _kmeans_jit(
     # distance ||x||^2 - 2 x.c + ||c||^2 from cancelling away float32 digits far from the origin.
     # Spherical k-means needs the origin where it is.
     shift_D = jnp.zeros_like(x_NxD[0]) if cosine else jnp.mean(x_NxD, axis=0)
-    x_NxD = _normalise(x_NxD) if cosine else x_NxD - shift_D
+    x_NxD = l2_normalize(x_NxD) if cosine else x_NxD - shift_D
     run = functools.partial(
         _single_run,
         num_clusters=num_clusters,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.embeddings import EvalEmbeddings
+from cure_jax.losses.common import l2_normalize
 from cure_jax.metrics.mia import attack_accuracy, attack_features
 from cure_jax.metrics.retrieval import cluster_compactness, retrieval_metrics
 from cure_jax.metrics.unlearning import class_logits, layer_distance, unlearning_summary
@@ -20,7 +21,8 @@ from data_pipelines.splits import RequestSplit
 
 
 def unit(x_NxD: np.ndarray) -> np.ndarray:
-    return x_NxD / np.maximum(np.linalg.norm(x_NxD, axis=-1, keepdims=True), 1e-12)
+    """Unit rows as a NumPy array (`losses.common.l2_normalize`, the package's one rule)."""
+    return np.asarray(l2_normalize(jnp.asarray(x_NxD)))
 
 
 def identity_accuracy(emb_NxD: np.ndarray, labels_N: np.ndarray, centres_CxD: np.ndarray) -> float:
