@@ -25,6 +25,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps that have a finished checkpoint, in increasing order."""
+        return sorted(self._manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        """Removes the checkpoint at `step` (one that training must not resume from)."""
+        self._manager.delete(step)
+
     def save(self, step: int, state, extra: dict) -> None:
         """Starts an asynchronous save of `state` (pytree of arrays) and `extra` (JSON-able)."""
         self._manager.save(step, args=ocp.args.Composite(

@@ -9,15 +9,13 @@ one resumes from its checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
-from cure_jax import cli, methods, sharding, stages
+from cure_jax import cli, methods, stages
 from cure_jax import config as config_lib
 from cure_jax.report import comparison_report, plot_comparison
-from data_pipelines.datasets import load_face_data
 
 # Table order: the reference first, then the papers' baselines, then the proposed methods.
 ORDER = ("retrain", "finetune", "grad_ascent", "neggrad", "random_label", "boundary_shrink",
@@ -45,10 +43,6 @@ def method_names(text: str) -> list[str]:
     return [n for n in registered if n in names]
 
 
-def with_method(config: config_lib.Config, name: str) -> config_lib.Config:
-    return dataclasses.replace(config, unlearn=dataclasses.replace(config.unlearn, method=name))
-
-
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -57,17 +51,14 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, ValueError) as error:
         return cli.fail(error, 2)
     try:
-        stages.prepare_folder(workdir, config, only=stages.TEACHER_KEYS)
-        mesh = sharding.make_mesh(config.run.num_devices)
-        data = load_face_data(config.data, progress=config.run.progress)
-        # Every method's request is checked before anything trains.
-        splits = {name: stages.request_split(with_method(config, name), data) for name in names}
-        teacher_run = stages.teacher_stage(config, workdir, mesh, data)
+        run = stages.start(config, workdir, names)
+        teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
         results = {}
         for name in names:
             print(f"\n=== {name} ===")
-            results[name] = stages.unlearn_stage(with_method(config, name), workdir, mesh, data,
-                                                 teacher_run, splits[name])
+            results[name] = stages.unlearn_stage(stages.with_method(config, name), workdir,
+                                                 run.mesh, run.data, teacher_run,
+                                                 run.splits[name])
     except cli.RUN_ERRORS as error:
         return cli.fail(error, 1)
     (workdir / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -12,7 +12,18 @@ import importlib.util
 import json
 import pathlib
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from cure_jax.fields import (
+    Count,
+    CountOrZero,
+    Fraction,
+    NonNegativeFloat,
+    PositiveFloat,
+    Probability,
+    Range,
+    Seed,
+)
 
 # Each method's section is declared in the method's module.
 from cure_jax.methods.bad_teacher import BadTeacherConfig
@@ -34,24 +45,38 @@ class DataConfig:
     """Where the faces come from and how they are split."""
 
     source: Literal["synthetic", "folder"] = "synthetic"  # embedded renders | folder per identity
-    image_size: int = 64  # square input side fed to the model (64 or 112)
-    seed: int = 0  # seeds rendering, splits and pair sampling
+    image_size: Literal[32, 64, 112] = 64  # square input side (32 for tests, 112 insightface's)
+    seed: Seed = 0  # seeds rendering, splits and pair sampling
     # Synthetic source.
-    num_identities: int = 200  # training identities
-    images_per_identity: int = 40
-    num_verification_identities: int = 100  # disjoint people, used only for verification pairs
-    verification_images_per_identity: int = 10
-    num_verification_pairs: int = 3000  # balanced same / different pairs of unseen identities
+    num_identities: Annotated[int, Range(2)] = 200  # training identities
+    images_per_identity: Count = 40
+    num_verification_identities: CountOrZero = 100  # unseen people for verification (0: none)
+    verification_images_per_identity: Annotated[int, Range(2)] = 10  # same-person pairs need 2
+    num_verification_pairs: Annotated[int, Range(20)] = 3000  # balanced same / different pairs
     # Folder source.
     root: str = ""  # <root>/<identity>/<image files>; relative paths resolve from the working dir
-    min_images: int = 1  # keep identities with at least this many images
-    max_images: int = 0  # cap of images per identity (0: no cap)
-    crop_box: tuple[int, ...] = ()  # (left, top, right, bottom) applied before resizing; () = none
+    min_images: Count = 1  # keep identities with at least this many images
+    max_images: CountOrZero = 0  # cap of images per identity (0: no cap)
+    crop_box: tuple[CountOrZero, ...] = ()  # (left, top, right, bottom) before resizing; () = none
     pairs: str = ""  # LFW-style pairs.txt for verification ("" = none); images under its lfw root
-    on_bad_image: Literal["error", "skip"] = "error"  # what an unreadable image does
+    # An unreadable image: stop with its name, or leave it out (listed in the run folder).
+    on_bad_image: Literal["error", "skip"] = "error"
     # Both.
-    holdout_per_identity: float = 0.2  # share of each identity's images kept out of training
-    augment_shift: int = 4  # training augmentation: random translation of up to this many pixels
+    holdout_per_identity: Fraction = 0.2  # share of each identity's images kept out of training
+    augment_shift: CountOrZero = 4  # training augmentation: random translation up to this (px)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.crop_box and len(self.crop_box) != 4:
+            out.append(f"{{p}}crop_box={self.crop_box} must be () or 4 integers (left, top, right, "
+                       "bottom)")
+        elif self.crop_box and not (self.crop_box[0] < self.crop_box[2]
+                                    and self.crop_box[1] < self.crop_box[3]):
+            out.append(f"{{p}}crop_box={self.crop_box} must have left < right and top < bottom")
+        if 2 * self.augment_shift >= self.image_size:
+            out.append(f"{{p}}augment_shift={self.augment_shift} must be less than half of "
+                       f"{{p}}image_size={self.image_size}")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +84,13 @@ class ModelConfig:
     """Backbone and margin head."""
 
     depth: Literal["r18", "r34", "r50", "r100"] = "r18"
-    width: float = 0.25  # channel multiplier of the 64-128-256-512 stages
-    embedding_dim: int = 128
-    dropout: float = 0.0  # before the embedding layer, as in arcface_torch
+    width: Annotated[float, Range(0.0, 8.0, low_open=True)] = 0.25  # x the 64-128-256-512 widths
+    embedding_dim: Annotated[int, Range(2, 8192)] = 128
+    dropout: Fraction = 0.0  # before the embedding layer, as in arcface_torch
     head: Literal["arcface", "cosface"] = "cosface"  # CosFace verified better on the default
-    scale: float = 32.0  # s in s * cos(theta)
-    margin: float = 0.35  # CosFace cosine margin, or ArcFace angular margin (0.5 is usual)
+    scale: PositiveFloat = 32.0  # s in s * cos(theta)
+    # CosFace cosine margin, or ArcFace angular margin in radians (0.5 is usual).
+    margin: Annotated[float, Range(0.0, 1.5)] = 0.35
     straight_through: bool = True  # arcface_torch: the margin does not enter the gradient
 
 
@@ -72,16 +98,24 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule: SGD with momentum (the papers') or AdamW."""
 
-    batch_size: int = 64
-    epochs: int = 8
+    batch_size: Count = 64
+    epochs: Count = 8
     optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD: momentum, coupled decay; AdamW: decoupled
-    lr: float = 0.1
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
+    lr: PositiveFloat = 0.1
+    momentum: Fraction = 0.9  # SGD only
+    weight_decay: NonNegativeFloat = 5e-4
+    warmup_epochs: NonNegativeFloat = 0.5
     schedule: Literal["step", "cosine"] = "step"  # step: x `decay` at milestones; cosine to 0
-    milestones: tuple[float, ...] = (5.0, 7.0)  # epochs at which the lr is multiplied by `decay`
-    decay: float = 0.1
+    # Epochs at which the lr is multiplied by `decay`.
+    milestones: tuple[PositiveFloat, ...] = (5.0, 7.0)
+    decay: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.1
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.warmup_epochs > self.epochs:
+            out.append(f"{{p}}warmup_epochs={self.warmup_epochs:g} is more than "
+                       f"{{p}}epochs={self.epochs}")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +123,9 @@ class UnlearnConfig:
     """The unlearning request and the method that serves it."""
 
     method: str = "cure"  # a name registered in cure_jax.methods
-    forget_identities: int = 20  # identities to forget (drawn among the training identities)
-    forget_fraction: float = 0.0  # share of identities to forget instead of a count (0: use count)
-    seed: int = 0  # seeds which identities are forgotten
+    forget_identities: CountOrZero = 20  # identities to forget (among the training identities)
+    forget_fraction: Fraction = 0.0  # share of identities to forget instead (0: use the count)
+    seed: Seed = 0  # seeds which identities are forgotten
     # Student batch norm: "frozen" (the teacher's running statistics, not updated: the student
     # starts exactly at the teacher) | "train" (batch statistics, running averages updated).
     batch_norm: Literal["frozen", "train"] = "frozen"
@@ -101,22 +135,26 @@ class UnlearnConfig:
 class EvalConfig:
     """Evaluation settings."""
 
-    batch_size: int = 128
+    batch_size: Annotated[int, Range(1, 65536)] = 128
     flip: bool = True  # arcface_torch flip test: embed image and mirror, sum, normalise
-    ues_alpha: float = 0.5  # forget weight of the Unlearning Efficiency Score
-    membership_threshold: float = 0.5  # max softmax probability above which a sample "is known"
+    ues_alpha: Probability = 0.5  # forget weight of the Unlearning Efficiency Score
+    # Largest softmax probability above which a sample counts as "known".
+    membership_threshold: Probability = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Logging, checkpointing and devices."""
 
-    seed: int = 0  # model initialisation and per-step keys
-    log_every: int = 20  # steps between metric reads (the only host syncs in the loop)
-    checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
-    max_to_keep: int = 2
-    num_devices: int = 0  # data-parallel devices (0: all local devices)
+    seed: Seed = 0  # model initialisation and per-step keys
+    log_every: Count = 20  # steps between metric reads (the only host syncs in the loop)
+    checkpoint_every: Count = 200  # steps between checkpoints (and one at the end)
+    max_to_keep: Count = 2
+    num_devices: CountOrZero = 0  # data-parallel devices (0: all local devices)
     progress: bool = True  # tqdm progress bars
+    # Continue an unfinished stage from this checkpoint step (0: from the start; -1: off), with
+    # a changed learning rate accepted in its folder: what to do after a non-finite loss.
+    restart_from: Annotated[int, Range(-1)] = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +191,22 @@ class ConfigError(ValueError):
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap(kind: Any) -> tuple[Any, tuple]:
+    """(the plain type, its `Range`s) of a possibly `Annotated` field type."""
+    if typing.get_origin(kind) is Annotated:
+        plain, *extras = typing.get_args(kind)
+        return plain, tuple(extra for extra in extras if isinstance(extra, Range))
+    return kind, ()
 
 
 def _coerce(key: str, text: str, kind: Any) -> Any:
     """Parses `text` as a value of type `kind` (bool, int, float, str, a Literal of those, or a
-    tuple of those)."""
+    tuple of those); ranges are checked by `validate`."""
+    kind, _ = _unwrap(kind)
     origin = typing.get_origin(kind)
     if origin is Literal:
         choices = typing.get_args(kind)
@@ -185,28 +232,49 @@ def _coerce(key: str, text: str, kind: Any) -> Any:
             return float(text)
         if kind is str:
             return text
-    except ConfigError:
-        raise
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{key}={text!r}: not a valid {name}") from None
     raise ConfigError(f"{key}: fields of type {kind} cannot be set from the command line")
 
 
+def _check_value(key: str, value: Any, kind: Any) -> None:
+    """Raises ConfigError when `value` is not of `kind` or outside its ranges or choices."""
+    kind, ranges = _unwrap(kind)
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise ConfigError(f"{key}={value!r} is not one of "
+                              f"{', '.join(map(str, typing.get_args(kind)))}")
+        return
+    if origin is tuple:
+        (item_kind, *_) = typing.get_args(kind)
+        for item in value:
+            _check_value(key, item, item_kind)
+        return
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{key}={value!r} is not a number")
+    for valid in ranges:
+        if not valid.contains(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {valid}")
+
+
 def validate(config: Any, prefix: str = "") -> None:
-    """Checks every field against its type's allowed values (a `Literal`'s choices).
+    """Checks every field of `config` against its type's valid values (ranges, a `Literal`'s
+    choices) and every section against its own rules between fields (`problems()`), before
+    any work starts.
 
     Raises:
-      ConfigError: naming the key, the value and the valid choices.
+      ConfigError: naming the key, the value and the valid range or choices.
     """
     for name, kind in _field_types(type(config)).items():
         value = getattr(config, name)
-        key = prefix + name
         if dataclasses.is_dataclass(value):
-            validate(value, prefix=f"{key}.")
-        elif typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
-            raise ConfigError(f"{key}={value!r} is not one of "
-                              f"{', '.join(map(str, typing.get_args(kind)))}")
+            validate(value, prefix=f"{prefix}{name}.")
+        else:
+            _check_value(prefix + name, value, kind)
+    for problem in (config.problems() if hasattr(config, "problems") else []):
+        raise ConfigError(problem.format(p=prefix))
 
 
 def get_value(config: Any, key: str) -> Any:
@@ -275,7 +343,7 @@ def load_config(path_or_name: str) -> Config:
 
 
 # Keys that change how a run is watched, not what it computes: a rerun may change them freely.
-RUNTIME_KEYS = ("run.progress", "run.log_every", "run.num_devices")
+RUNTIME_KEYS = ("run.progress", "run.log_every", "run.num_devices", "run.restart_from")
 
 
 def to_dict(config: Any) -> dict:

@@ -1,8 +1,13 @@
 """The host-side training loop shared by every stage: steps, metrics, progress, checkpoints.
 
 The loop never reads device values inside a step: metrics stay on device and are fetched once per
-log interval (and before every checkpoint, so that a non-finite loss is caught before it could be
-saved). Batches come from a grain iterator whose state is saved with each checkpoint.
+log interval (and before every checkpoint, so that a non-finite loss or parameter is caught before
+it could be saved). Batches come from a grain iterator whose state is saved with each checkpoint.
+
+When the loss becomes non-finite at step m, the state saved at step m - 1 or later is what
+produced it (an update can explode the parameters while its own loss is still finite): those
+checkpoints are deleted, so that the last one kept is good, and the error says how to continue
+from it with a lower learning rate (`run.restart_from`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ from cure_jax.checkpointing import Checkpointer
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the parameters became NaN or infinite; the last good checkpoint is kept."""
+
+
+class _NonFinite(Exception):
+    """Raised by `MetricLog.flush`: the first step whose loss or parameters are not finite."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(what)
+        self.step = step
+        self.what = what
 
 
 def truncate_log(path: pathlib.Path, last_step: int) -> None:
@@ -45,8 +59,12 @@ class MetricLog:
     def add(self, metrics: dict) -> None:
         self.pending.append(metrics)
 
-    def flush(self, step: int, checkpointer: Checkpointer | None) -> dict:
-        """Reads the pending metrics (one host sync), checks them and appends their mean."""
+    def flush(self, step: int) -> dict:
+        """Reads the pending metrics (one host sync), checks them and appends their mean.
+
+        Raises:
+          _NonFinite: a step's loss is NaN or infinite, or its update left a parameter so.
+        """
         if not self.pending:
             return {}
         values = jax.device_get(self.pending)
@@ -54,14 +72,12 @@ class MetricLog:
         for offset, row in enumerate(values):
             loss = float(row["loss"])
             if not math.isfinite(loss):
-                latest = checkpointer.latest_step() if checkpointer else None
-                keep = f"the last good checkpoint is step {latest}" if latest is not None else (
-                    "no checkpoint was saved yet")
-                raise NonFiniteLossError(
-                    f"loss became {loss} at step {first + offset}; training stopped and {keep}. "
-                    "Lower the learning rate or check the input data.")
+                raise _NonFinite(first + offset, f"loss became {loss}")
+            if not row.get("params_finite", True):
+                raise _NonFinite(first + offset + 1, "the parameters became non-finite")
         now = time.perf_counter()
-        summary = {key: float(np.mean([row[key] for row in values])) for key in values[0]}
+        summary = {key: float(np.mean([row[key] for row in values]))
+                   for key in values[0] if key != "params_finite"}
         summary = {"step": step, **summary,
                    "steps_per_s": len(values) / max(now - self.last_time, 1e-9)}
         self.last_time = now
@@ -101,7 +117,7 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
             state = after_step(state, step)
         save = step % run.checkpoint_every == 0 or step == num_steps
         if save or step % run.log_every == 0:
-            summary = log.flush(step, checkpointer)
+            summary = log.flush(step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()
                              if k in ("loss", "accuracy", "lr")})
         if save:
@@ -112,12 +128,15 @@ def run_loop(*, step_fn: Callable, state, root_key: jax.Array, iterator, num_ste
 
 
 def run_phase(*, folder: pathlib.Path, step_fn: Callable, state, iterator, num_steps: int,
-              root_key: jax.Array, mesh, run, desc: str, after_step: Callable | None = None):
+              root_key: jax.Array, mesh, run, desc: str, lr_key: str,
+              after_step: Callable | None = None):
     """Runs one resumable phase of training under `folder`: checkpoints in `folder/checkpoints`,
     interval metrics in `folder/metrics.jsonl`.
 
     A phase whose checkpoints exist resumes from the latest (a finished one only restores its
-    final state); log lines past the restored step are dropped, since they are recomputed.
+    final state); log lines past the restored step are dropped, since they are recomputed. An
+    unfinished phase restarts from step `run.restart_from` instead when it is set (>= 0; 0 starts
+    over), deleting the checkpoints after it.
 
     Args:
       folder: the phase's folder.
@@ -128,27 +147,68 @@ def run_phase(*, folder: pathlib.Path, step_fn: Callable, state, iterator, num_s
       num_steps: the phase ends when `state.step` reaches it.
       root_key: the phase's key; each step folds its counter in.
       mesh: the device mesh.
-      run: the `RunConfig` (intervals, checkpoints kept, progress bar).
+      run: the `RunConfig` (intervals, checkpoints kept, restart, progress bar).
       desc: the phase's name in messages and on the progress bar.
+      lr_key: the config key of the phase's learning rate, for the advice after a non-finite loss.
       after_step: see `run_loop`.
 
     Returns:
       The final state.
+
+    Raises:
+      NonFiniteLossError: the loss or the parameters became non-finite; the message says which
+        checkpoint is kept and how to continue from it.
+      ValueError: `run.restart_from` names a step that has no checkpoint.
     """
     checkpointer = Checkpointer(folder / "checkpoints", max_to_keep=run.max_to_keep)
-    log_path = folder / "metrics.jsonl"
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, extra = checkpointer.restore(latest, state)
-        iterator.set_state(extra["iterator"])
-        if latest < num_steps:
-            print(f"{desc}: resuming from step {latest} of {num_steps}")
-    # Lines written after the last checkpoint (or before the first) are recomputed.
-    truncate_log(log_path, latest or 0)
     try:
-        return run_loop(step_fn=step_fn, state=state, root_key=root_key, iterator=iterator,
-                        num_steps=num_steps, mesh=mesh, checkpointer=checkpointer,
-                        log_path=log_path, run=run, desc=desc, after_step=after_step)
+        latest = checkpointer.latest_step()
+        if run.restart_from >= 0 and latest is not None and latest < num_steps:
+            latest = _restart(checkpointer, run.restart_from, desc)
+        if latest is not None:
+            state, extra = checkpointer.restore(latest, state)
+            iterator.set_state(extra["iterator"])
+            if latest < num_steps:
+                print(f"{desc}: resuming from step {latest} of {num_steps}")
+        # Lines written after the last checkpoint (or before the first) are recomputed.
+        truncate_log(folder / "metrics.jsonl", latest or 0)
+        try:
+            return run_loop(step_fn=step_fn, state=state, root_key=root_key, iterator=iterator,
+                            num_steps=num_steps, mesh=mesh, checkpointer=checkpointer,
+                            log_path=folder / "metrics.jsonl", run=run, desc=desc,
+                            after_step=after_step)
+        except _NonFinite as bad:
+            raise NonFiniteLossError(_recover(checkpointer, bad, desc, lr_key)) from None
     finally:
-        # Also on an error (a non-finite loss): pending saves finish, threads stop.
+        # Also on an error: pending saves finish, threads stop.
         checkpointer.close()
+
+
+def _restart(checkpointer: Checkpointer, step: int, desc: str) -> int | None:
+    """Deletes the checkpoints after `step`; returns the step to resume from (None: none)."""
+    steps = checkpointer.all_steps()
+    if step and step not in steps:
+        raise ValueError(f"run.restart_from={step}: {desc} has no checkpoint at that step; its "
+                         f"checkpoints are at steps {', '.join(map(str, steps))} (0 starts over)")
+    for later in steps:
+        if later > step:
+            checkpointer.delete(later)
+    print(f"{desc}: restarting from step {step}")
+    return step or None
+
+
+def _recover(checkpointer: Checkpointer, bad: _NonFinite, desc: str, lr_key: str) -> str:
+    """Deletes the checkpoints the bad state may have reached; the message for the user."""
+    checkpointer.wait()
+    for step in checkpointer.all_steps():
+        # The state saved at step m - 1 is the one whose update produced the failure at m.
+        if step >= bad.step - 1:
+            checkpointer.delete(step)
+    good = checkpointer.all_steps()
+    restart = good[-1] if good else 0
+    keep = (f"the last good checkpoint is step {restart}" if good
+            else "no good checkpoint was saved")
+    return (f"{desc}: {bad.what} at step {bad.step}; training stopped and {keep}. To continue "
+            f"{'from it' if good else 'from the start'} with a lower learning rate, run the same "
+            f"command with --set {lr_key}=<lower> --set run.restart_from={restart} (or check the "
+            "input data).")

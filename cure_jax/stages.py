@@ -8,6 +8,7 @@ never redoes finished work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -17,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cure_jax import config as config_lib
-from cure_jax import methods
+from cure_jax import methods, sharding
 from cure_jax.embeddings import (
     EvalEmbeddings,
     cached_eval_embeddings,
@@ -29,6 +30,7 @@ from cure_jax.methods.base import Supervision, UnlabelledSet, UnlearnContext
 from cure_jax.models.backbone import Backbone, Graphs
 from cure_jax.report import plot_embeddings, unlearning_report
 from cure_jax.teacher import Teacher, train_teacher
+from data_pipelines.datasets import load_face_data
 from data_pipelines.splits import RequestSplit, forget_identities
 
 # What the teacher depends on: a workdir's teacher is reused only when these keys agree.
@@ -38,22 +40,91 @@ TEACHER_KEYS = ("data.", "model.", "teacher.", "run.seed")
 REQUEST_KEYS = ("unlearn.", "eval.")
 
 
-def prepare_folder(folder: pathlib.Path, config: config_lib.Config, *,
-                   only: tuple[str, ...] | None = None) -> None:
-    """Creates a run folder and writes the resolved config into it; refuses to reuse a folder
-    whose config differs (in the keys starting with one of `only`, when given)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def check_folder(folder: pathlib.Path, config: config_lib.Config,
+                 keys: tuple[str, ...]) -> None:
+    """Refuses, before any work, to reuse a run folder whose run was made with other values of
+    `keys` (config keys, or prefixes ending in "."). With `run.restart_from` set, a changed
+    learning rate (a key ending in ".lr") is accepted: that is how a run continues after a
+    non-finite loss.
+
+    Raises:
+      ConfigError: naming the differing keys, their values there and now, and what to do.
+    """
     path = folder / "config.json"
-    if path.exists():
-        previous = config_lib.from_dict(json.loads(path.read_text()))
-        changed = [k for k in config_lib.differences(previous, config)
-                   if k not in config_lib.RUNTIME_KEYS
-                   and (only is None or k.startswith(only))]
-        if changed:
-            raise config_lib.ConfigError(
-                f"{folder} holds a run with a different config (keys: {', '.join(changed)}); "
-                "use another --workdir, or delete that folder to start over")
-    config_lib.write_config(config, path)
+    if not path.exists():
+        return
+    previous = config_lib.from_dict(json.loads(path.read_text()))
+    changed = [k for k in config_lib.differences(previous, config)
+               if k not in config_lib.RUNTIME_KEYS and k.startswith(keys)
+               and not (config.run.restart_from >= 0 and k.endswith(".lr"))]
+    if changed:
+        values = "; ".join(f"{k}={config_lib.get_value(previous, k)!r} there, "
+                           f"{config_lib.get_value(config, k)!r} now" for k in changed)
+        raise config_lib.ConfigError(
+            f"{folder} holds a run made with other settings ({values}). To resume that run, "
+            "use its settings again; to start fresh, use another --workdir or delete "
+            f"{folder}.")
+
+
+def write_folder_config(folder: pathlib.Path, config: config_lib.Config) -> None:
+    """Writes the resolved config into a run folder (after every check has passed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_lib.write_config(config, folder / "config.json")
+
+
+def method_keys(name: str) -> tuple[str, ...]:
+    """The config keys a finished run of method `name` depends on."""
+    return (*TEACHER_KEYS, *REQUEST_KEYS, *methods.get_method(name).reads)
+
+
+def with_method(config: config_lib.Config, name: str) -> config_lib.Config:
+    """`config` with `unlearn.method` set to `name`."""
+    return dataclasses.replace(config, unlearn=dataclasses.replace(config.unlearn, method=name))
+
+
+def preflight(config, data, mesh) -> None:
+    """The checks that need the data and the devices, made before any training.
+
+    Raises:
+      ConfigError: a batch the data or the devices cannot fill, naming the key.
+    """
+    sharding.check_batch_size(config.teacher.batch_size, mesh, "teacher.batch_size")
+    sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    num_train = len(data.train_indices)
+    if config.teacher.batch_size > num_train:
+        raise config_lib.ConfigError(
+            f"teacher.batch_size={config.teacher.batch_size} is more than the {num_train} "
+            "training images; lower it")
+
+
+class Start(NamedTuple):
+    """What a run needs once every check has passed."""
+
+    mesh: object
+    data: object  # FaceData
+    splits: dict  # method name -> RequestSplit
+
+
+def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
+    """Every check a run can make before any work (config, devices, run folders, data, each
+    method's request), then the run folder's config: a failed start changes nothing on disk.
+
+    Raises:
+      ConfigError, ValueError, FileNotFoundError: naming what is wrong.
+    """
+    mesh = sharding.make_mesh(config.run.num_devices)
+    check_folder(workdir, config, TEACHER_KEYS)
+    for name in method_names:
+        methods.get_method(name)  # a bad name fails first
+        check_folder(workdir / name, with_method(config, name), method_keys(name))
+    data = load_face_data(config.data, progress=config.run.progress)
+    preflight(config, data, mesh)
+    splits = {name: request_split(with_method(config, name), data) for name in method_names}
+    write_folder_config(workdir, config)
+    if data.skipped_files:
+        (workdir / "skipped_images.txt").write_text("".join(f"{path}\n"
+                                                            for path in data.skipped_files))
+    return Start(mesh, data, splits)
 
 
 class TeacherRun(NamedTuple):
@@ -137,7 +208,8 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     name = config.unlearn.method
     folder = workdir / name
     spec = methods.get_method(name)
-    prepare_folder(folder, config, only=(*TEACHER_KEYS, *REQUEST_KEYS, *spec.reads))
+    check_folder(folder, config, method_keys(name))
+    write_folder_config(folder, config)
     if (folder / "metrics.json").exists():
         print(f"{name}: finished earlier, reusing {folder / 'metrics.json'}")
         print("\n" + (folder / "report.md").read_text())

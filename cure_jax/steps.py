@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 # `objective(params, batch_stats, state, batch, key) -> (loss, (batch_stats, metrics))`:
@@ -27,7 +28,8 @@ def make_step(objective: Objective, tx: optax.GradientTransformation, *,
     """The jitted step `step(state, batch, root_key) -> (state, metrics)`, state donated.
 
     The step's key is `fold_in(root_key, state.step)`, so that a resumed run draws the same
-    randomness without saving a key. `metrics` holds "loss" and the objective's metrics.
+    randomness without saving a key. `metrics` holds "loss", the objective's metrics and
+    "params_finite" (whether every updated parameter and statistic is finite).
     """
 
     def step(state, batch: dict, root_key: jax.Array):
@@ -41,6 +43,9 @@ def make_step(objective: Objective, tx: optax.GradientTransformation, *,
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                    opt_state=opt_state)
-        return new_state, {"loss": loss, **metrics}
+        # Read by the loop before any checkpoint: an update may overflow while its loss is finite.
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in
+                                    jax.tree.leaves((params, batch_stats))]))
+        return new_state, {"loss": loss, **metrics, "params_finite": finite}
 
     return jax.jit(step, donate_argnums=0)

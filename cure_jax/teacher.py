@@ -105,7 +105,7 @@ def train_margin_model(*, config, optim, source, num_classes: int, folder: pathl
     state = run_phase(folder=folder, step_fn=step_fn, state=state, iterator=iterator,
                       num_steps=optim.epochs * steps_per_epoch,
                       root_key=jax.random.key(config.run.seed), mesh=mesh, run=config.run,
-                      desc=desc)
+                      desc=desc, lr_key="teacher.lr")
     return Teacher(graphs, state.params, state.batch_stats)
 
 

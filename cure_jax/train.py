@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
-from cure_jax import cli, methods, sharding, stages
+from cure_jax import cli, stages
 from cure_jax.config import ConfigError
-from data_pipelines.datasets import load_face_data
 
 STAGES = ("teacher", "all")
 
@@ -31,16 +30,13 @@ def main(argv=None) -> int:
         config, workdir = cli.load_run_config(args)
     except ConfigError as error:
         return cli.fail(error, 2)
+    names = [] if args.stage == "teacher" else [config.unlearn.method]
     try:
-        stages.prepare_folder(workdir, config, only=stages.TEACHER_KEYS)
-        mesh = sharding.make_mesh(config.run.num_devices)
-        if args.stage != "teacher":
-            methods.get_method(config.unlearn.method)  # a bad name fails before any work
-        data = load_face_data(config.data, progress=config.run.progress)
-        split = stages.request_split(config, data) if args.stage != "teacher" else None
-        teacher_run = stages.teacher_stage(config, workdir, mesh, data)
-        if split is not None:
-            stages.unlearn_stage(config, workdir, mesh, data, teacher_run, split)
+        run = stages.start(config, workdir, names)
+        teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
+        for name in names:
+            stages.unlearn_stage(config, workdir, run.mesh, run.data, teacher_run,
+                                 run.splits[name])
     except cli.RUN_ERRORS as error:
         return cli.fail(error, 1)
     return 0

@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 
 from data_pipelines.pipelines import ArraySource, materialize
-from data_pipelines.sources.image_folder import ImageFolderSource
+from data_pipelines.sources.image_folder import BadImageError, ImageFolderSource
 from data_pipelines.sources.lfw_pairs import PairsSource
 from data_pipelines.sources.synthetic import SyntheticFaces, make_verification_pairs
 from data_pipelines.splits import holdout_split
@@ -44,6 +44,7 @@ class FaceData:
     num_classes: int
     verification: Verification | None
     identity_names: list[str]
+    skipped_files: list[str] = dataclasses.field(default_factory=list)  # unreadable, left out
 
 
 def load_face_data(config, *, progress: bool = True) -> FaceData:
@@ -91,11 +92,18 @@ def _folder(config, progress: bool) -> FaceData:
         raise ValueError("data.source=folder needs data.root=<folder with one sub-folder per "
                          "identity>")
     crop = tuple(config.crop_box) or None
+    # Unreadable files are left out here, at decoding, never replaced by another image.
     folder = ImageFolderSource(config.root, min_images=config.min_images,
                                max_images=config.max_images or None, crop_box=crop,
-                               image_size=config.image_size, on_bad_image=config.on_bad_image)
+                               image_size=config.image_size, on_bad_image="error")
     records = materialize(folder, desc=f"decoding {pathlib.Path(config.root).name}",
-                          progress=progress)
+                          progress=progress,
+                          skip=(BadImageError,) if config.on_bad_image == "skip" else ())
+    skipped = [folder.paths[index] for index in records.skipped]
+    if skipped:
+        print(f"data.on_bad_image=skip: {len(skipped)} unreadable image file(s) left out "
+              f"(first: {skipped[0]}); the run folder lists them in skipped_images.txt")
+    warn_small_images(records.extras["source_side"], config.image_size, config.root)
     train_idx, holdout_idx = holdout_split(records.labels, fraction=config.holdout_per_identity,
                                            seed=config.seed)
     verification = None
@@ -108,4 +116,15 @@ def _folder(config, progress: bool) -> FaceData:
         idx_a, idx_b, issame, folds = pairs.pair_indices
         verification = Verification(source, idx_a, idx_b, issame, folds)
     return FaceData(records, train_idx, holdout_idx, folder.num_classes, verification,
-                    list(folder.identity_names))
+                    list(folder.identity_names), skipped)
+
+
+def warn_small_images(source_side_N: np.ndarray, image_size: int, where: str) -> int:
+    """Warns, with a count, about face images far smaller than the model's input (their
+    upscaled pixels carry little of a face); returns the count."""
+    small = int(np.sum(source_side_N < image_size // 2))
+    if small:
+        print(f"warning: {small} of {len(source_side_N)} images under {where} are smaller than "
+              f"{image_size // 2} pixels on their short side, half of data.image_size="
+              f"{image_size}; they are upscaled")
+    return small

@@ -28,12 +28,18 @@ class SubsetSource:
 
 
 class ArraySource:
-    """Images and labels held in memory: rendering or decoding is paid once per run."""
+    """Images and labels held in memory: rendering or decoding is paid once per run.
+
+    Attributes:
+      skipped: indices of the records of the source this was read from that could not be read
+        and were left out (`materialize(..., skip=...)`).
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, extras: dict | None = None):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int32)
         self.extras = extras or {}
+        self.skipped: list[int] = []
 
     def __len__(self) -> int:
         return len(self.images)
@@ -46,21 +52,40 @@ class ArraySource:
 
 
 def materialize(source, indices: Sequence[int] | None = None, *, desc: str = "loading",
-                progress: bool = True) -> ArraySource:
-    """Reads (renders, decodes) every record once into an `ArraySource`."""
+                progress: bool = True, skip: tuple[type[Exception], ...] = ()) -> ArraySource:
+    """Reads (renders, decodes) every record once into an `ArraySource`.
+
+    Args:
+      skip: exception types of a record that cannot be read: such records are left out and
+        their indices listed in the result's `skipped`; any other error propagates.
+    """
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-    first = source[int(indices[0])]
-    images = np.empty((len(indices), *first["image"].shape), np.uint8)
-    labels = np.empty(len(indices), np.int32)
-    extra_keys = [k for k, v in first.items() if k not in ("image", "label") and np.isscalar(v)]
-    extras = {k: np.empty(len(indices), np.asarray(first[k]).dtype) for k in extra_keys}
-    for row, index in enumerate(tqdm(indices, desc=desc, disable=not progress, leave=False)):
-        record = source[int(index)]
-        images[row] = record["image"]
-        labels[row] = record["label"]
-        for key in extra_keys:
-            extras[key][row] = record[key]
-    return ArraySource(images, labels, extras)
+    images = labels = None
+    extras: dict[str, list] = {}
+    skipped: list[int] = []
+    count = 0
+    for index in tqdm(indices, desc=desc, disable=not progress, leave=False):
+        try:
+            record = source[int(index)]
+        except skip:
+            skipped.append(int(index))
+            continue
+        if images is None:
+            images = np.empty((len(indices), *record["image"].shape), np.uint8)
+            labels = np.empty(len(indices), np.int32)
+            extras = {k: [] for k, v in record.items()
+                      if k not in ("image", "label") and np.isscalar(v)}
+        images[count] = record["image"]
+        labels[count] = record["label"]
+        for key, values in extras.items():
+            values.append(record[key])
+        count += 1
+    if images is None:
+        raise ValueError(f"{desc}: none of the {len(indices)} records could be read")
+    result = ArraySource(images[:count], labels[:count],
+                         {key: np.asarray(values) for key, values in extras.items()})
+    result.skipped = skipped
+    return result
 
 
 def normalize(images: np.ndarray) -> np.ndarray:

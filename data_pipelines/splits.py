@@ -60,7 +60,7 @@ def forget_identities(labels_N: np.ndarray, *, count: int, fraction: float, seed
                          "unlearn.forget_fraction > 0")
     if count >= len(identities):
         raise ValueError(f"the forget set would cover all {len(identities)} identities "
-                         f"(asked for {count}); nothing would be retained")
+                         f"(unlearn.forget_identities={count}); nothing would be retained")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(identities, size=count, replace=False)).astype(np.int64)
 

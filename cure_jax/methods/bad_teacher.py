@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from cure_jax.embeddings import cached_embeddings, make_embed_fn
+from cure_jax.fields import Count, PositiveFloat, Probability
 from cure_jax.losses.distill import distill_kl, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
@@ -35,10 +36,10 @@ from data_pipelines.pipelines import ArraySource, TargetSource
 class BadTeacherConfig:
     """Bad Teacher's settings (the paper's)."""
 
-    epochs: int = 1  # passes over D_f plus the sampled share of D_r
-    retain_share: float = 0.3
-    lr: float = 1e-4  # Adam
-    temperature: float = 1.0
+    epochs: Count = 1  # passes over D_f plus the sampled share of D_r
+    retain_share: Probability = 0.3
+    lr: PositiveFloat = 1e-4  # Adam
+    temperature: PositiveFloat = 1.0
 
 
 def follow_loss(*, scale: float, temperature: float) -> LossFn:

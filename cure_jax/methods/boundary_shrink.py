@@ -13,6 +13,7 @@ the k-means pseudo-labels of the teacher's embeddings, or identities with
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from cure_jax import sharding
+from cure_jax.fields import Count, Fraction, PositiveFloat, Range
 from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.margin import margin_loss
 from cure_jax.methods.base import Backbone, UnlearnContext, register
@@ -40,10 +42,10 @@ from data_pipelines.pipelines import ArraySource, eval_batches
 class BoundaryShrinkConfig:
     """Boundary Shrink's settings."""
 
-    epochs: int = 10  # passes over the forget set
-    bound: float = 0.1  # FGSM step in [0, 1] pixel space
-    lr: float = 1e-3  # the paper's 1e-5 leaves the model unchanged in our 100 steps
-    momentum: float = 0.9
+    epochs: Count = 10  # passes over the forget set
+    bound: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.1  # FGSM step in [0, 1] pixel space
+    lr: PositiveFloat = 1e-3  # the paper's 1e-5 leaves the model unchanged in our 100 steps
+    momentum: Fraction = 0.9
 
 
 def make_neighbour_fn(graph_eval: nnx.GraphDef, *, bound: float, margin: dict):

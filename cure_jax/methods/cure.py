@@ -13,7 +13,7 @@ methods (`cure_jax.methods.dispersion`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from flax import nnx
 
 from cure_jax import clustering, sharding
 from cure_jax.embeddings import embed_pass, make_embed_fn
+from cure_jax.fields import Count, NonNegativeFloat, PositiveFloat, Range
 from cure_jax.loop import run_phase
 from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.cure import CureWeights, cure_loss
@@ -49,27 +50,27 @@ class CureConfig:
     """CURE (SPEC section 2). Defaults marked "ours" were lost from the paper; the reasons are in
     docs/interpretations.md, the runs behind them in docs/RESULTS.md."""
 
-    forget_clusters: int = 20  # K_f (ours)
-    retain_clusters: int = 50  # K_r (ours)
+    forget_clusters: Count = 20  # K_f (ours)
+    retain_clusters: Count = 50  # K_r (ours)
     # tau: epochs between forget-cluster refreshes. The paper refreshes every 5; here that halved
     # UES, so by default no refresh falls within the run.
-    refresh_every: float = 20.0
+    refresh_every: PositiveFloat = 20.0
     # On refresh the cluster ids change: the pseudo-label head restarts from the new centroids
     # (W_h = unit c_f), or keeps its weights (ours).
     head_reset: Literal["centroids", "keep"] = "centroids"
-    margin: float = 0.3  # m of the contrastive hinges (ours)
-    temperature_pl: float = 0.05  # T of the pseudo-label cross-entropy (ours, by experiment)
-    temperature_fd: float = 0.1  # T of the feature distribution KL (ours)
+    margin: Annotated[float, Range(-1.0, 1.0)] = 0.3  # m of the contrastive hinges (ours)
+    temperature_pl: PositiveFloat = 0.05  # T of the pseudo-label CE (ours, by experiment)
+    temperature_fd: PositiveFloat = 0.1  # T of the feature distribution KL (ours)
     contrastive_retain: Literal["nearest", "mean"] = "nearest"  # retain centroid in L_con (ours)
     feature_match_on: Literal["raw", "unit"] = "raw"  # embeddings compared by L_fm (ours)
-    w_pl: float = 1.0
-    w_cosf: float = 1.0
-    w_con: float = 1.0
-    w_cosr: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    w_fm: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    w_fd: float = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
-    kmeans_iters: int = 30
-    kmeans_restarts: int = 4
+    w_pl: NonNegativeFloat = 1.0
+    w_cosf: NonNegativeFloat = 1.0
+    w_con: NonNegativeFloat = 1.0
+    w_cosr: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
+    w_fm: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
+    w_fd: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
+    kmeans_iters: Count = 30
+    kmeans_restarts: Count = 4
 
 
 class CureState(NamedTuple):
@@ -196,7 +197,7 @@ def make_refresh(context: UnlearnContext, key: jax.Array, config: CureConfig | N
 
 def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
             dispersion: DispersionConfig | None = None, refresh: bool = True,
-            optim: OptimConfig | None = None) -> Backbone:
+            optim: OptimConfig | None = None, lr_key: str = "student.lr") -> Backbone:
     """Runs the CURE step (plus dispersion, when given) to the end of `student.epochs`, resuming
     from the latest checkpoint in `context.folder`.
 
@@ -206,6 +207,7 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
       dispersion: adds the dispersion term and draws forget batches P x K from its groups.
       refresh: re-cluster the forget set every `cure.refresh_every` epochs.
       optim: the optimiser settings (default `student`).
+      lr_key: the config key of their learning rate (for the advice after a non-finite loss).
     """
     config = context.config
     optim = optim or config.student
@@ -234,7 +236,7 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
                              batch_norm=config.unlearn.batch_norm, dispersion=dispersion)
     state = run_phase(folder=context.folder, step_fn=step_fn, state=state, iterator=iterator,
                       num_steps=num_steps, root_key=key, mesh=context.mesh, run=config.run,
-                      desc=name, after_step=after_step)
+                      desc=name, lr_key=lr_key, after_step=after_step)
     return Backbone(state.params["backbone"], state.batch_stats)
 
 

@@ -15,8 +15,9 @@ run: clusters of already-dispersed embeddings would mean nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+from cure_jax.fields import Count, CountOrZero, NonNegativeFloat, PositiveFloat, Range
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.cure import CureConfig, check_request, unlearn
 
@@ -28,23 +29,23 @@ if TYPE_CHECKING:
 class DispersionConfig:
     """Embedding dispersion (SPEC section 3): spread each forget group over the sphere."""
 
-    weight: float = 1.0  # w_disp of the dispersion term
+    weight: NonNegativeFloat = 1.0  # w_disp of the dispersion term
     # Of the three forms (mean positive cosine, hardest positive, smooth uniformity), uniformity
     # erased retrieval furthest for what the retained identities kept (docs/RESULTS.md).
     kind: Literal["mean", "hard", "uniformity"] = "uniformity"
-    uniformity_t: float = 2.0  # t of the uniformity form
+    uniformity_t: PositiveFloat = 2.0  # t of the uniformity form
     # Groups: k-means clusters of the teacher's forget embeddings (label-free), or the identities
     # when the request names them.
     groups: Literal["clusters", "labels"] = "clusters"
-    groups_per_batch: int = 16  # P of the P x K forget batches (P * K = student.batch_size)
-    images_per_group: int = 4  # K
+    groups_per_batch: Count = 16  # P of the P x K forget batches (P * K = student.batch_size)
+    images_per_group: Annotated[int, Range(2)] = 4  # K
     # Method `dispersion`: multiplies CURE's retain terms (w_cosr, w_fm, w_fd); 0 = forget only.
-    retain_weight: float = 1.75  # the retained identities' mAP needs it (docs/RESULTS.md)
+    retain_weight: NonNegativeFloat = 1.75  # what the retained mAP needs (docs/RESULTS.md)
     # Method `dispersion`: its learning rate and length (passes over the forget set; the decay
     # milestones of `student.milestones` scale with it; 0: `student.epochs`); the rest of
     # `student.*` applies. `cure+dispersion` uses `student.lr` and `student.epochs`.
-    lr: float = 1e-3
-    epochs: int = 40
+    lr: PositiveFloat = 1e-3
+    epochs: CountOrZero = 40
 
 
 def check_dispersion(config, num_forget: int, num_retain: int) -> None:
@@ -84,7 +85,7 @@ def run_dispersion(context: UnlearnContext) -> Backbone:
     cure = without_forget_terms(config.cure, config.dispersion.retain_weight)
     optim = dispersion_optim(config.student, config.dispersion)
     return unlearn(context, name="dispersion", cure=cure, dispersion=config.dispersion,
-                   refresh=False, optim=optim)
+                   refresh=False, optim=optim, lr_key="dispersion.lr")
 
 
 @register("cure+dispersion", check=check_dispersion,

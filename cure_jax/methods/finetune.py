@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cure_jax.fields import Count, Fraction, PositiveFloat
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
     BASELINE_READS,
@@ -25,9 +26,9 @@ from cure_jax.optim import sgd
 class FinetuneConfig:
     """Fine-tuning's settings."""
 
-    epochs: int = 2  # passes over the retain set
-    lr: float = 1e-3
-    momentum: float = 0.9
+    epochs: Count = 2  # passes over the retain set
+    lr: PositiveFloat = 1e-3
+    momentum: Fraction = 0.9
 
 
 @register("finetune", check=check_labels, reads=BASELINE_READS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cure_jax.fields import Count, Fraction, PositiveFloat
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
     BASELINE_READS,
@@ -25,9 +26,9 @@ from cure_jax.optim import sgd
 class GradAscentConfig:
     """Gradient Ascent's settings."""
 
-    epochs: int = 10  # passes over the forget set (2 move nothing here)
-    lr: float = 5e-4  # 1e-3 collapses everything in 10 epochs
-    momentum: float = 0.9
+    epochs: Count = 10  # passes over the forget set (2 move nothing here)
+    lr: PositiveFloat = 5e-4  # 1e-3 collapses everything in 10 epochs
+    momentum: Fraction = 0.9
 
 
 @register("grad_ascent", check=check_labels, reads=BASELINE_READS)

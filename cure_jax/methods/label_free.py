@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 
 from cure_jax import clustering, sharding
+from cure_jax.fields import Count, Range
 from cure_jax.loop import run_phase
 from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.distill import cross_entropy, head_logits
@@ -44,9 +45,10 @@ class BaselinesConfig:
     # fixed centroid head `scale * cos(z, c)` replace identity labels and the identity classifier.
     # "true": the supervised originals (identity labels and the teacher's margin-head centres).
     labels: Literal["pseudo", "true"] = "pseudo"
-    clusters: int = 200  # K_all of the pseudo-labels (as many as the default has identities)
-    kmeans_iters: int = 30
-    kmeans_restarts: int = 2
+    # K_all of the pseudo-labels (as many as the default has identities).
+    clusters: Annotated[int, Range(2)] = 200
+    kmeans_iters: Count = 30
+    kmeans_restarts: Count = 2
 
 
 # What a baseline reads besides its own section: the student batch and the label settings.
@@ -239,5 +241,6 @@ def run_phases(context: UnlearnContext, *, tx: optax.GradientTransformation,
                                      context.mesh),
             iterator=phase_batches(phase.data, batch_size=batch_size, seed=seed),
             num_steps=num_steps, root_key=jax.random.key(seed), mesh=context.mesh,
-            run=config.run, desc=f"{context.folder.name}/{phase.name}")
+            run=config.run, desc=f"{context.folder.name}/{phase.name}",
+            lr_key=f"{context.folder.name}.lr")
     return Backbone(state.params, state.batch_stats)

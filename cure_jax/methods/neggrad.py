@@ -13,6 +13,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from cure_jax.fields import Count, Fraction, PositiveFloat
 from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
@@ -32,9 +33,9 @@ class NegGradConfig:
 
     # Passes over the forget set, each step paired with a retain batch. The paper's 2 epochs are
     # hundreds of steps at CASIA scale but 20 here, which move nothing.
-    epochs: int = 10
-    lr: float = 1e-3
-    momentum: float = 0.9
+    epochs: Count = 10
+    lr: PositiveFloat = 1e-3
+    momentum: Fraction = 0.9
 
 
 def neggrad_loss(*, scale: float) -> LossFn:

@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from cure_jax.fields import Count, CountOrZero, Fraction, PositiveFloat
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
     BASELINE_READS,
@@ -29,10 +30,10 @@ from cure_jax.optim import sgd
 class RandomLabelConfig:
     """Random Labeling's settings."""
 
-    epochs: int = 5  # passes over the forget set with random other labels (2 move nothing here)
-    repair_epochs: int = 1  # passes over the retain set
-    lr: float = 1e-3  # 1e-2 collapses the model
-    momentum: float = 0.9
+    epochs: Count = 5  # passes over the forget set with random other labels (2 move nothing here)
+    repair_epochs: CountOrZero = 1  # passes over the retain set
+    lr: PositiveFloat = 1e-3  # 1e-2 collapses the model
+    momentum: Fraction = 0.9
 
 
 def random_other_labels(labels_N: np.ndarray, *, num_classes: int, seed: int) -> np.ndarray:

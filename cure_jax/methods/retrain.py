@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cure_jax.fields import CountOrZero
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import make_labels
 from cure_jax.teacher import train_margin_model
@@ -26,7 +27,7 @@ class RetrainConfig:
     """Retraining from scratch on the retain set uses the teacher's recipe (`teacher.*`) and the
     labels of `baselines.labels`."""
 
-    epochs: int = 0  # 0: the teacher's number of epochs
+    epochs: CountOrZero = 0  # 0: the teacher's number of epochs
 
 
 def retrain_optim(config):

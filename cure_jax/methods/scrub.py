@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cure_jax.fields import Count, CountOrZero, Fraction, NonNegativeFloat, PositiveFloat
 from cure_jax.losses.distill import cross_entropy, distill_kl, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
@@ -35,15 +36,15 @@ from cure_jax.optim import sgd
 class ScrubConfig:
     """SCRUB's settings. The values tried on the default request: docs/interpretations.md."""
 
-    epochs: int = 3  # passes over the retain set
-    max_steps_epochs: int = 2  # msteps: epochs that start with a forget (max) pass
+    epochs: Count = 3  # passes over the retain set
+    max_steps_epochs: CountOrZero = 2  # msteps: epochs that start with a forget (max) pass
     # The paper's 5e-4 leaves the model unchanged in our step budget (the first max pass starts
     # at the teacher, where it has no gradient).
-    lr: float = 5e-3
-    momentum: float = 0.9
-    temperature: float = 4.0
-    gamma: float = 0.99  # weight of the retain cross-entropy
-    alpha: float = 0.001  # weight of the retain KL
+    lr: PositiveFloat = 5e-3
+    momentum: Fraction = 0.9
+    temperature: PositiveFloat = 4.0
+    gamma: NonNegativeFloat = 0.99  # weight of the retain cross-entropy
+    alpha: NonNegativeFloat = 0.001  # weight of the retain KL
 
 
 def max_loss(*, scale: float, temperature: float) -> LossFn:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cure_jax.fields import CountOrZero, Fraction, PositiveFloat
 from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.label_free import (
@@ -41,12 +42,12 @@ class UnsirConfig:
     """UNSIR's settings (the paper's; other values tried change nothing here:
     docs/interpretations.md)."""
 
-    noise_steps: int = 5  # Adam steps optimising the noise per forget batch
-    noise_lr: float = 0.01
-    impair_epochs: int = 1  # passes over the forget set with noise + retain
-    repair_epochs: int = 1  # passes over the retain set
-    lr: float = 1e-3
-    momentum: float = 0.9
+    noise_steps: CountOrZero = 5  # Adam steps optimising the noise per forget batch
+    noise_lr: PositiveFloat = 0.01
+    impair_epochs: CountOrZero = 1  # passes over the forget set with noise + retain
+    repair_epochs: CountOrZero = 1  # passes over the retain set
+    lr: PositiveFloat = 1e-3
+    momentum: Fraction = 0.9
 
 
 def make_noise(graph_eval: nnx.GraphDef, *, scale: float, steps: int, lr: float) -> Prepare:

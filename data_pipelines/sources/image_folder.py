@@ -131,6 +131,27 @@ def check_image_size(image_size: int | None) -> int | None:
     return int(image_size)
 
 
+# 16-bit grayscale modes as PIL names them; their pixels are scaled to 8 bits, not clipped.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """An RGB view of any image mode, scaling 16-bit samples instead of clipping them."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(img, dtype=np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise BadImageError(path, f"mode {mode} holds values outside 0..65535; convert the "
+                                      "file to 8 or 16 bits per channel")
+        # 65535 / 257 = 255: the full 16-bit range onto the full 8-bit range.
+        gray = np.round(values / 257.0).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")  # uint8 [H, W]: mode L
+    if mode == "F":
+        raise BadImageError(path, "floating-point pixels (mode F) have no defined range; "
+                                  "convert the file to 8 bits per channel")
+    return img.convert("RGB")
+
+
 def decode_image(
     path: str,
     *,
@@ -138,6 +159,9 @@ def decode_image(
     image_size: int | None = None,
 ) -> np.ndarray:
     """Decodes one image file to RGB, then crops, then resizes to a square.
+
+    Any PIL mode is read as it is: palette, grayscale, CMYK and alpha images are converted to
+    RGB, and 16-bit grayscale is scaled to 8 bits (a 16-bit PNG would otherwise clip to white).
 
     Args:
       path: image file (anything PIL reads; JPEG and PNG here).
@@ -148,15 +172,27 @@ def decode_image(
       uint8[H, W, 3].
 
     Raises:
-      BadImageError: the file cannot be opened or decoded.
+      BadImageError: the file cannot be opened or decoded, or holds pixels of no known range.
       ValueError: `crop_box` reaches outside the image (a setting error, never skipped).
     """
+    return decode_image_with_size(path, crop_box=crop_box, image_size=image_size)[0]
+
+
+def decode_image_with_size(
+    path: str,
+    *,
+    crop_box: tuple[int, int, int, int] | None = None,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`, and the (width, height) of the face region before resizing."""
     try:
         with Image.open(path) as img:
             # load() inside the try: PIL opens lazily, and truncation shows only on decode.
             img.load()
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img, path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, BadImageError):
+            raise
         raise BadImageError(path, f"{type(err).__name__}: {err}") from err
     if crop_box is not None:
         width, height = rgb.size
@@ -167,9 +203,10 @@ def decode_image(
                 f"{width}x{height} (width x height)"
             )
         rgb = rgb.crop(crop_box)
+    size = rgb.size
     if image_size is not None and rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(rgb, dtype=np.uint8), size
 
 
 def _check_count(value: int | None, name: str, *, allow_none: bool) -> int | None:
@@ -310,7 +347,8 @@ class ImageFolderSource:
         self._lock = threading.Lock()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Returns {"image": uint8[H, W, 3], "label": np.int32, "path": str} of record `index`.
+        """Returns {"image": uint8[H, W, 3], "label": np.int32, "path": str, "source_side":
+        np.int32} of record `index` (`source_side`: the shorter side before resizing).
 
         Raises:
           IndexError: `index` outside [0, len).
@@ -322,26 +360,28 @@ class ImageFolderSource:
             raise IndexError(f"record index {index} outside [0, {len(self.paths)})")
         label = int(self.labels[index])
         if self.on_bad_image == "error":
-            image = self._decode(self.paths[index])
-            return {"image": image, "label": np.int32(label), "path": self.paths[index]}
+            image, (width, height) = self._decode(self.paths[index])
+            return {"image": image, "label": np.int32(label), "path": self.paths[index],
+                    "source_side": np.int32(min(width, height))}
         start, stop = int(self._starts[label]), int(self._starts[label + 1])
         for offset in range(stop - start):
             j = start + (index - start + offset) % (stop - start)
             try:
-                image = self._decode(self.paths[j])
+                image, (width, height) = self._decode(self.paths[j])
             except BadImageError:
                 with self._lock:
                     self.num_skipped += 1
                 continue
-            return {"image": image, "label": np.int32(label), "path": self.paths[j]}
+            return {"image": image, "label": np.int32(label), "path": self.paths[j],
+                    "source_side": np.int32(min(width, height))}
         raise BadImageError(
             self.paths[index],
             f"no readable image among the {stop - start} files of identity "
             f"{self.identity_names[label]!r} (on_bad_image='skip')",
         )
 
-    def _decode(self, path: str) -> np.ndarray:
-        return decode_image(path, crop_box=self.crop_box, image_size=self.image_size)
+    def _decode(self, path: str) -> tuple[np.ndarray, tuple[int, int]]:
+        return decode_image_with_size(path, crop_box=self.crop_box, image_size=self.image_size)
 
     def index_of(self, name: str, number: int) -> int:
         """Record index of LFW-style file `<name>/<name>_<number:04d>.<ext>` (number 1-based).

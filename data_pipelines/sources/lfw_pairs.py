@@ -110,12 +110,21 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
 
     Raises:
       FileNotFoundError: `path` does not exist.
-      ValueError: bad header, wrong number of pair lines, a malformed line (naming the file and
-        line number), or a fold without exactly `n` same and `n` different pairs.
+      ValueError: not text, bad header, wrong number of pair lines, a malformed line (naming the
+        file and line number), or a fold without exactly `n` same and `n` different pairs.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        lines = [(k, line.split()) for k, line in enumerate(f, start=1)]
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text pairs file (byte {err.start} is not UTF-8); "
+                         "expected LFW's pairs.txt layout") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: not a text pairs file (it holds NUL bytes); expected LFW's "
+                         "pairs.txt layout")
+    lines = [(k, line.split()) for k, line in enumerate(text.splitlines(), start=1)]
     lines = [(k, fields) for k, fields in lines if fields]
     if not lines:
         raise ValueError(f"{path}: empty pairs file")
