@@ -1,5 +1,6 @@
 """Tests for face alignment: the similarity transform (data_pipelines.similarity), YuNet detection
-and the decision for 0 or several faces (data_pipelines.align).
+and the decision for 0 or several faces (data_pipelines.align), and the aligned source
+(data_pipelines.sources.aligned).
 
 The transform tests need nothing but NumPy. Detection tests need OpenCV (the `align` extra), the
 YuNet model (`$CURE_JAX_MODELS` or `<repo>/../shared/models`) and LFW (`$CURE_JAX_LFW` or
@@ -8,6 +9,7 @@ YuNet model (`$CURE_JAX_MODELS` or `<repo>/../shared/models`) and LFW (`$CURE_JA
 
 import os
 import pathlib
+import pickle
 import sys
 
 import numpy as np
@@ -32,6 +34,7 @@ from data_pipelines.similarity import (
     decompose_similarity,
     estimate_similarity,
 )
+from data_pipelines.sources.aligned import AlignedSource, AlignmentError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Four people, one image each: frontal, different sexes and skin tones.
@@ -299,3 +302,58 @@ def test_thresholds_are_applied(detector, lfw_images):
     assert align_image(image, strict).outcome is Outcome.NO_FACE
     large_only = YuNetDetector(detector.model_path, min_face_size=200)
     assert align_image(image, large_only).outcome is Outcome.NO_FACE
+
+
+# ------------------------------------------------------------------------------------------
+# The aligned source.
+
+
+class ListSource:
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"image": self.images[index], "label": np.int32(10 + index), "path": f"p{index}"}
+
+
+@pytest.fixture
+def photos(lfw_images) -> ListSource:
+    faces = list(lfw_images.values())
+    return ListSource([faces[0], np.zeros((90, 90, 3), np.uint8), montage(lfw_images), faces[1]])
+
+
+def test_aligned_source_drops_and_lists_photos_without_one_face(detector, photos):
+    source = AlignedSource(photos, detector=detector, multiple="skip", on_failure="drop",
+                           progress=False)
+    assert len(source) == 2 and source.indices.tolist() == [0, 3]
+    assert source.failures == {1: Outcome.NO_FACE, 2: Outcome.SEVERAL_FACES}
+    record = source[1]
+    assert record["label"] == 13 and record["path"] == "p3"
+    assert record["image"].shape == (112, 112, 3) and record["landmarks"].shape == (5, 2)
+    direct = align_image(photos[3]["image"], detector)
+    np.testing.assert_array_equal(record["image"], direct.faces[0])
+    with pytest.raises(IndexError):
+        source[2]
+
+
+def test_aligned_source_in_error_mode_raises_on_the_failing_record(detector, photos):
+    source = AlignedSource(photos, detector=detector, multiple="largest")
+    assert len(source) == 4
+    assert source[2]["image"].shape == (112, 112, 3)  # largest of the two
+    with pytest.raises(AlignmentError, match="no_face") as info:
+        source[1]
+    assert info.value.index == 1 and info.value.outcome is Outcome.NO_FACE
+    assert info.value.path == "p1"
+    # grain workers receive the source pickled: the OpenCV network is rebuilt there.
+    clone = pickle.loads(pickle.dumps(source))
+    np.testing.assert_array_equal(clone[0]["image"], source[0]["image"])
+
+
+def test_aligned_source_rejects_bad_choices(detector, photos):
+    with pytest.raises(ValueError, match="one face per record"):
+        AlignedSource(photos, detector=detector, multiple="all")
+    with pytest.raises(ValueError, match="on_failure"):
+        AlignedSource(photos, detector=detector, on_failure="ignore")
