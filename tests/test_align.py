@@ -1,12 +1,13 @@
 """Tests for face alignment: the similarity transform (data_pipelines.similarity), YuNet detection
-and the decision for 0 or several faces (data_pipelines.align), and the aligned source
-(data_pipelines.sources.aligned).
+and the decision for 0 or several faces (data_pipelines.align), the aligned source
+(data_pipelines.sources.aligned) and the command (cure_jax.align).
 
 The transform tests need nothing but NumPy. Detection tests need OpenCV (the `align` extra), the
 YuNet model (`$CURE_JAX_MODELS` or `<repo>/../shared/models`) and LFW (`$CURE_JAX_LFW` or
 `<repo>/../shared/data/lfw`); they skip, saying which is missing, when one is absent.
 """
 
+import json
 import os
 import pathlib
 import pickle
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cure_jax import align as align_cli
 from data_pipelines.align import (
     Detections,
     Outcome,
@@ -357,3 +359,91 @@ def test_aligned_source_rejects_bad_choices(detector, photos):
         AlignedSource(photos, detector=detector, multiple="all")
     with pytest.raises(ValueError, match="on_failure"):
         AlignedSource(photos, detector=detector, on_failure="ignore")
+
+
+# ------------------------------------------------------------------------------------------
+# The command.
+
+
+def test_output_names_keep_extensions_apart_only_when_stems_collide():
+    files = [pathlib.Path(n) for n in ("a.jpg", "a.png", "b.jpeg")]
+    assert align_cli._output_names(files, "png") == ["a_jpg.png", "a_png.png", "b.png"]
+
+
+def test_photos_are_read_upright_by_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer rotates it 90 degrees clockwise
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "p.jpg", exif=exif)
+    assert align_cli.read_photo(tmp_path / "p.jpg").shape == (40, 20, 3)
+
+
+def test_layout_errors_are_explained(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="--identity"):
+        align_cli.plan_photos(flat, identity=None, fmt="png")
+    (flat / "Bob").mkdir()
+    with pytest.raises(SystemExit, match="mixes 1 files"):
+        align_cli.plan_photos(flat, identity="x", fmt="png")
+    with pytest.raises(SystemExit, match="outside"):
+        align_cli.prepare_output(flat / "out", flat)
+
+
+@pytest.fixture
+def photo_folders(tmp_path, lfw_images) -> pathlib.Path:
+    """Two identity folders: Ann (two faces) and Ben (a face, a blank, two people, a text)."""
+    faces = list(lfw_images.values())
+    root = tmp_path / "by_identity"
+    for name, files in {
+        "Ann": {"a1.jpg": faces[0], "a2.png": faces[2]},
+        "Ben": {"b1.jpg": faces[1], "blank.png": np.zeros((64, 64, 3), np.uint8),
+                "pair.jpg": montage(lfw_images)},
+    }.items():
+        (root / name).mkdir(parents=True)
+        for file, image in files.items():
+            Image.fromarray(image).save(root / name / file)
+    (root / "Ben" / "notes.txt").write_text("not a photo")
+    return root
+
+
+def read_report(output: pathlib.Path) -> dict:
+    return json.loads((output / "alignment.json").read_text())
+
+
+def test_command_aligns_a_folder_per_identity_and_reports_every_file(detector, photo_folders,
+                                                                     tmp_path, capsys):
+    out = tmp_path / "aligned"
+    assert align_cli.main(["--input", str(photo_folders), "--output", str(out)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "Ann/a1.png", "Ann/a2.png", "Ben/b1.png", "alignment.json"]
+    assert Image.open(out / "Ann" / "a1.png").size == (112, 112)
+    report = read_report(out)
+    outcomes = {pathlib.Path(e["input"]).name: e["outcome"] for e in report["files"]}
+    assert outcomes == {"a1.jpg": "aligned", "a2.png": "aligned", "b1.jpg": "aligned",
+                        "blank.png": "no_face", "pair.jpg": "several_faces",
+                        "notes.txt": "unreadable"}
+    assert report["summary"]["outcomes"] == {"aligned": 3, "largest_of_several": 0,
+                                             "several_faces": 1, "no_face": 1, "unreadable": 1}
+    printed = capsys.readouterr().out
+    assert "6 files, 3 aligned faces" in printed
+    assert "several_faces        1" in printed and "no_face              1" in printed
+    # A second run into the same folder is refused and leaves the first run's output alone.
+    with pytest.raises(SystemExit, match="not empty"):
+        align_cli.main(["--input", str(photo_folders), "--output", str(out), "--multiple",
+                        "largest"])
+    assert read_report(out) == report
+
+
+def test_command_aligns_a_flat_folder_under_the_given_identity(detector, photo_folders,
+                                                               tmp_path):
+    out = tmp_path / "aligned"
+    code = align_cli.main(["--input", str(photo_folders / "Ben"), "--output", str(out),
+                           "--identity", "Ben_Smith", "--multiple", "largest", "--format", "jpg",
+                           "--size", "128"])
+    assert code == 0
+    assert sorted(p.name for p in (out / "Ben_Smith").iterdir()) == ["b1.jpg", "pair.jpg"]
+    assert Image.open(out / "Ben_Smith" / "pair.jpg").size == (128, 128)
+    report = read_report(out)
+    assert report["summary"]["outcomes"]["largest_of_several"] == 1
+    assert report["settings"]["size"] == 128 and report["settings"]["multiple"] == "largest"
