@@ -173,10 +173,12 @@ def read_photo(path: pathlib.Path) -> np.ndarray:
 
 
 def _face_fields(result: AlignResult) -> dict[str, Any]:
-    """The detections of one photo, for the report (photo pixels, by decreasing score)."""
+    """The detections of one photo, for the report (photo pixels, by decreasing score), and
+    the index among them of the face written."""
     det = result.detections
     return {
         "faces_detected": len(det),
+        "aligned_face": int(result.chosen[0]) if len(result.chosen) else None,
         "scores": np.round(det.scores.astype(np.float64), 4).tolist(),
         "boxes": np.round(det.boxes.astype(np.float64), 2).tolist(),
         "landmarks": np.round(det.landmarks.astype(np.float64), 2).tolist(),

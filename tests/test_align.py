@@ -275,6 +275,22 @@ def test_detection_works_at_any_photo_size(detector, lfw_images, cv2):
         assert error < 0.08, (canvas, error)
 
 
+def test_warp_matches_opencv_sface_align_crop(detector, lfw_images, cv2):
+    # OpenCV's own YuNet-to-SFace alignment (FaceRecognizerSF.alignCrop) implements the same
+    # template and least-squares similarity independently: the crops agree to rounding.
+    path = default_model_path().parents[1] / "sface" / "face_recognition_sface_2021dec_int8bq.onnx"
+    if not path.is_file():
+        pytest.skip(f"SFace model not found at {path} (set CURE_JAX_MODELS to its folder)")
+    recognizer = cv2.FaceRecognizerSF.create(str(path), "")
+    for name, image in lfw_images.items():
+        found = detector.detect(image)
+        row = np.concatenate([found.boxes[0], found.landmarks[0].ravel(), found.scores[:1]])
+        theirs = recognizer.alignCrop(np.ascontiguousarray(image[..., ::-1]), row[None])
+        ours = warp_face(image, found.landmarks[0])[..., ::-1]
+        difference = np.abs(theirs.astype(int) - ours)
+        assert difference.max() <= 1 and difference.mean() < 0.01, name
+
+
 def test_blank_images_have_no_face(detector):
     for value in (0, 128, 255):
         result = align_image(np.full((240, 320, 3), value, np.uint8), detector)
@@ -293,6 +309,7 @@ def test_two_people_side_by_side_are_several_faces(detector, lfw_images):
     largest = align_image(image, detector, multiple="largest")
     areas = largest.detections.boxes[:, 2] * largest.detections.boxes[:, 3]
     assert largest.outcome is Outcome.LARGEST_OF_SEVERAL
+    assert largest.chosen.tolist() == [np.argmax(areas)]
     np.testing.assert_array_equal(largest.landmarks[0],
                                   largest.detections.landmarks[np.argmax(areas)])
     assert align_image(image, detector, multiple="all").faces.shape == (2, 112, 112, 3)
@@ -446,4 +463,7 @@ def test_command_aligns_a_flat_folder_under_the_given_identity(detector, photo_f
     assert Image.open(out / "Ben_Smith" / "pair.jpg").size == (128, 128)
     report = read_report(out)
     assert report["summary"]["outcomes"]["largest_of_several"] == 1
+    pair = next(e for e in report["files"] if e["input"].endswith("pair.jpg"))
+    areas = [w * h for _, _, w, h in pair["boxes"]]
+    assert pair["faces_detected"] == 2 and pair["aligned_face"] == int(np.argmax(areas))
     assert report["settings"]["size"] == 128 and report["settings"]["multiple"] == "largest"
