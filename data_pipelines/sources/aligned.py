@@ -9,6 +9,10 @@ replaced by the face aligned to the ArcFace template (`data_pipelines.align`):
     faces[0]  # {"image": uint8[112, 112, 3], "label": ..., "path": ..., "landmarks": [5, 2]}
     faces.failures  # {photo index: Outcome.NO_FACE or Outcome.SEVERAL_FACES}
 
+Wrap a source that keeps the photos' own size. `ImageFolderSource` does not apply EXIF
+orientation, so camera photos stored sideways show no face: align those with
+`python -m cure_jax.align`, which turns them upright first.
+
 A photo without exactly one usable face cannot be a record; `on_failure` says what happens:
   "error": nothing runs up front; reading such a record raises `AlignmentError`.
   "drop": every photo is searched once when the source is built; the photos that give no face
