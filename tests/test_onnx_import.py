@@ -207,3 +207,53 @@ def test_sface_matches_onnxruntime_on_lfw_faces():
     assert np.max(np.abs(out - expected)) <= 1e-4
     # Different people: the embeddings are far from equal (the check is not vacuous).
     assert np.max(np.abs(expected[0] - expected[1])) > 0.1
+
+
+FOUR_DEVICES = """
+import pathlib, sys, tempfile
+import jax, jax.numpy as jnp, numpy as np, onnx
+from flax import nnx
+from cure_jax import sharding
+from cure_jax.models.backbone import split_model
+from cure_jax.models.convert.onnx_import import import_onnx
+from tests import onnx_graphs
+
+assert len(jax.devices()) == 4
+path = pathlib.Path(tempfile.mkdtemp()) / "tiny.onnx"
+onnx.save(onnx_graphs.tiny_recognizer(), path)
+graphs, params, batch_stats = split_model(import_onnx(path))
+
+def loss_fn(params, batch_stats, images):
+    module = nnx.merge(graphs.train, params, batch_stats, copy=True)
+    loss = jnp.mean(jnp.square(module(images, dropout_key=jax.random.key(0)) - 1.0))
+    return loss, nnx.state(module, nnx.BatchStat)
+
+step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+images = (np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)) / 127.5 - 1).astype("f4")
+results = []
+for devices in (4, 1):
+    mesh = sharding.make_mesh(devices)
+    p, s = sharding.replicate((params, batch_stats), mesh)
+    (loss, stats), grads = step(p, s, sharding.shard_batch(images, mesh))
+    results.append((float(loss), jax.tree.leaves(stats), jax.tree.leaves(grads)))
+(l4, s4, g4), (l1, s1, g1) = results
+np.testing.assert_allclose(l4, l1, rtol=1e-5)
+for a, b in zip(s4 + g4, s1 + g1):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("SAME")
+"""
+
+
+@pytest.mark.slow
+def test_sharded_over_four_fake_devices_matches_one():
+    """Parameters replicated, the batch split over 4 devices: the same loss, batch statistics and
+    gradients as on one device (batch norm reduces over the global batch under jit)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SAME" in out.stdout

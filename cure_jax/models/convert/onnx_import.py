@@ -161,6 +161,17 @@ class OnnxBackbone(nnx.Module):
                                                                   dropout_rate))
                                   for name, key in stateful["Dropout"]})
 
+        self.use_running_average, self.deterministic = False, False
+
+    def set_view(self, use_running_average: bool | None = None,
+                 deterministic: bool | None = None):
+        """Takes `nnx.view`'s evaluation keys even when the graph has no BatchNormalization or
+        Dropout node to take them (the nodes' own modules get them as well)."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def _adapt_input(self, images: jax.Array) -> jax.Array:
         if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected images [B, {self.input_size}, {self.input_size}, 3], got "
