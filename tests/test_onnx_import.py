@@ -257,3 +257,27 @@ def test_sharded_over_four_fake_devices_matches_one():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SAME" in out.stdout
+
+
+@pytest.mark.parametrize("kernel, stride, pads, dilation", [
+    (3, 1, (1, 1, 1, 1), 1), (3, 2, (1, 1, 1, 1), 1), (3, 2, (0, 1, 2, 0), 1),
+    (7, 1, (0, 0, 0, 0), 1),  # MobileFaceNet's global depthwise convolution
+    (3, 1, (2, 2, 2, 2), 2),
+])
+def test_channels_last_depthwise_matches_grouped_convolution(kernel, stride, pads, dilation):
+    from cure_jax.models.convert import onnx_nhwc
+    from cure_jax.models.convert.onnx_graph import Node
+    from cure_jax.models.convert.onnx_ops import run_node
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 5, 9, 9)).astype(np.float32)
+    w = rng.normal(size=(5, 1, kernel, kernel)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    attrs = (("group", 5), ("kernel_shape", (kernel, kernel)), ("pads", pads),
+             ("strides", (stride, stride)), ("dilations", (dilation, dilation)))
+    node = Node("dw", "Conv", ("x", "w", "b"), ("y",), attrs)
+    expected = run_node(node, [jnp.asarray(x), w, b])[0]  # lax grouped convolution, NCHW
+    assert onnx_nhwc.takes_channels_last(node, [x, w, b])
+    out = onnx_nhwc.run_channels_last(node, [onnx_nhwc.ChannelsLast(x.transpose(0, 2, 3, 1)),
+                                             w, b])[0]
+    np.testing.assert_allclose(onnx_nhwc.canonical(out), expected, atol=1e-5, rtol=1e-5)
