@@ -48,6 +48,10 @@ class DataConfig:
     crop_box: tuple[int, ...] = ()  # (left, top, right, bottom) applied before resizing; () = none
     pairs: str = ""  # LFW-style pairs.txt for verification ("" = none); images under its lfw root
     on_bad_image: str = "error"  # "error" | "skip" an unreadable image
+    # RecordIO and TFDS sources (data.source=recordio | tfds) use the folder filters above;
+    # `root` is the folder holding train.rec, or the TFDS data dir ("" = TFDS's default).
+    tfds_name: str = ""  # data.source=tfds: NAME[/CONFIG][:VERSION] of a prepared TFDS dataset
+    verification_bins: tuple[str, ...] = ()  # insightface .bin sets, verified beside `pairs`
     # Both.
     holdout_per_identity: float = 0.2  # share of each identity's images kept out of training
     augment_shift: int = 4  # training augmentation: random translation of up to this many pixels
@@ -197,7 +201,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic", "folder"),
+    "data.source": ("synthetic", "folder", "recordio", "tfds"),
     "data.on_bad_image": ("error", "skip"),
     "model.depth": ("r18", "r34", "r50", "r100"),
     "model.head": ("arcface", "cosface"),

@@ -58,6 +58,11 @@ def evaluate_backbone(embed, params, batch_stats, centres_CxD, data, config, mes
         metrics.update(verification_metrics(
             embed, params, batch_stats, data.verification, batch_size=config.eval.batch_size,
             mesh=mesh, flip=config.eval.flip, progress=config.run.progress))
+    for name, verification in data.bin_verifications.items():
+        result = verification_metrics(embed, params, batch_stats, verification,
+                                      batch_size=config.eval.batch_size, mesh=mesh,
+                                      flip=config.eval.flip, progress=config.run.progress)
+        metrics.update({f"{key}@{name}": value for key, value in result.items()})
     return metrics
 
 
@@ -186,13 +191,15 @@ def evaluate_unlearning(*, embed, teacher, student, centres_CxD, split: RequestS
     units = {when: unit(np.concatenate(parts)) for when, parts in pool.items()}
     for when, emb in units.items():
         metrics.update(retrieval_summary(emb, pool_labels, is_forget, when))
-    if data.verification is not None:
+    named = {"": data.verification} if data.verification is not None else {}
+    named.update({f"@{name}": v for name, v in data.bin_verifications.items()})
+    for suffix, verification in named.items():
         for when, model in (("before", teacher), ("after", student)):
             result = verification_metrics(embed, model.params, model.batch_stats,
-                                          data.verification, batch_size=batch, mesh=mesh,
+                                          verification, batch_size=batch, mesh=mesh,
                                           flip=config.eval.flip)
-            metrics[f"verification_{when}"] = result["verification_accuracy"]
-            metrics[f"tar_at_far_{when}"] = result["tar_at_far_1e-3"]
+            metrics[f"verification_{when}{suffix}"] = result["verification_accuracy"]
+            metrics[f"tar_at_far_{when}{suffix}"] = result["tar_at_far_1e-3"]
     if own_embedding_space:
         for key in HEAD_SCORED_AFTER:
             metrics.pop(key, None)
