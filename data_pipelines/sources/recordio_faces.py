@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -230,10 +230,54 @@ class RecordIOFaces:
         return {"image": image, "label": np.int32(label), "key": np.int64(key)}
 
 
+def write_faces_rec(out_dir: str | os.PathLike, identity_names: Sequence[str],
+                    counts: Sequence[int], images: Iterable[bytes], *,
+                    image_shape: tuple[int, int]) -> int:
+    """Writes encoded face images as an insightface `train.rec`/`train.idx` with `property` and
+    `identities.txt` in `out_dir`.
+
+    Args:
+      identity_names: [C] names, label order.
+      counts: [C] images of each identity.
+      images: the encoded images, identity by identity (counts[0] of label 0 first, ...).
+      image_shape: (height, width) for `property`.
+
+    Returns:
+      The number of images written.
+
+    Raises:
+      ValueError: 2**24 identities or more, or `images` not holding sum(counts) images.
+    """
+    if len(identity_names) >= MAX_EXACT_LABEL:
+        raise ValueError(f"{len(identity_names)} identities: float32 labels are exact below 2**24")
+    # Class c's images take the keys bounds[c] .. bounds[c + 1] - 1.
+    bounds = np.concatenate([[1], 1 + np.cumsum(counts, dtype=np.int64)])
+    labels = np.repeat(np.arange(len(counts)), counts)
+    id_start = int(bounds[-1])
+    os.makedirs(out_dir, exist_ok=True)
+    written = 0
+    with RecordIOWriter(os.path.join(out_dir, "train.rec")) as writer:
+        writer.write(0, pack_payload([id_start, id_start + len(counts)]))
+        for key, data in enumerate(images, start=1):
+            if key >= id_start:
+                raise ValueError(f"more images than the {id_start - 1} that counts announce")
+            writer.write(key, pack_payload(float(labels[key - 1]), data, id=key))
+            written = key
+        if written != id_start - 1:
+            raise ValueError(f"{written} images for the {id_start - 1} that counts announce")
+        for c in range(len(counts)):
+            writer.write(id_start + c, pack_payload([bounds[c], bounds[c + 1]]))
+    with open(os.path.join(out_dir, "property"), "w", encoding="ascii") as f:
+        f.write(f"{len(counts)},{image_shape[0]},{image_shape[1]}")
+    with open(os.path.join(out_dir, IDENTITIES_FILE), "w", encoding="utf-8") as f:
+        f.write("".join(name + "\n" for name in identity_names))
+    return written
+
+
 def folder_to_recordio(root: str | os.PathLike, out_dir: str | os.PathLike, *,
                        progress: bool = True) -> int:
-    """Writes `root/<identity>/<image files>` as an insightface `train.rec`/`train.idx`,
-    `property` and `identities.txt` in `out_dir`; each image's bytes are stored as they are.
+    """Writes `root/<identity>/<image files>` as an insightface `.rec` (`write_faces_rec`) in
+    `out_dir`; each image's bytes are stored as they are, so the conversion is exact.
 
     Identities follow sorted folder names (label c = c-th name), images sorted file names;
     folders without an image file are left out.
@@ -247,29 +291,17 @@ def folder_to_recordio(root: str | os.PathLike, out_dir: str | os.PathLike, *,
     files = {name: paths for name, paths in scan_image_folder(root).items() if paths}
     if not files:
         raise ValueError(f"no identity folder with image files under {os.fspath(root)!r}")
-    if len(files) >= MAX_EXACT_LABEL:
-        raise ValueError(f"{len(files)} identities: float32 labels are exact below 2**24")
-    num_images = sum(len(paths) for paths in files.values())
-    os.makedirs(out_dir, exist_ok=True)
-    id_start = num_images + 1
-    # Class c's images take the keys bounds[c] .. bounds[c + 1] - 1, in sorted file order.
-    bounds = np.concatenate([[1], 1 + np.cumsum([len(paths) for paths in files.values()])])
-    labelled = [(label, path) for label, paths in enumerate(files.values()) for path in paths]
-    with RecordIOWriter(os.path.join(out_dir, "train.rec")) as writer:
-        writer.write(0, pack_payload([id_start, id_start + len(files)]))
-        for key, (label, path) in enumerate(tqdm(labelled, desc="writing train.rec",
-                                                 disable=not progress), start=1):
-            with open(path, "rb") as f:
-                writer.write(key, pack_payload(float(label), f.read(), id=key))
-        for c in range(len(files)):
-            writer.write(id_start + c, pack_payload([bounds[c], bounds[c + 1]]))
-    with Image.open(next(iter(files.values()))[0]) as first:
+    paths = [path for paths in files.values() for path in paths]
+    with Image.open(paths[0]) as first:
         width, height = first.size
-    with open(os.path.join(out_dir, "property"), "w", encoding="ascii") as f:
-        f.write(f"{len(files)},{height},{width}")
-    with open(os.path.join(out_dir, IDENTITIES_FILE), "w", encoding="utf-8") as f:
-        f.write("".join(name + "\n" for name in files))
-    return num_images
+
+    def read_all():
+        for path in tqdm(paths, desc="writing train.rec", disable=not progress):
+            with open(path, "rb") as f:
+                yield f.read()
+
+    return write_faces_rec(out_dir, list(files), [len(p) for p in files.values()], read_all(),
+                           image_shape=(height, width))
 
 
 def image_extension(data: bytes) -> str:

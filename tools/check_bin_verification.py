@@ -1,0 +1,97 @@
+"""Check: LFW verified through a `.bin` written from `pairs.txt` gives the numbers of the
+folder-and-pairs.txt path, on the whole set, with a real model pass.
+
+    python tools/check_bin_verification.py [--model iresnet|sface] [--image-size 64]
+
+`iresnet`: the default backbone, randomly initialised (seed 0), through the evaluator's own
+`verification_metrics` (flip test, 10 folds, TAR@FAR=1e-3). `sface`: OpenCV Zoo's SFace
+recognizer (`$CURE_JAX_MODELS` or `../shared/models`, needs opencv-python-headless) at 112x112.
+LFW is looked up at `$CURE_JAX_LFW` or `../shared/data/lfw`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
+from cure_jax import config as config_lib
+from cure_jax import sharding
+from cure_jax.embeddings import make_embed_fn
+from cure_jax.evaluation import unit, verification_metrics
+from cure_jax.metrics.verification import pair_distances, verify
+from cure_jax.models.backbone import build_model, split_model
+from data_pipelines.datasets import Verification
+from data_pipelines.pipelines import materialize
+from data_pipelines.sources.lfw_pairs import PairsSource
+from data_pipelines.sources.verification_bin import BinPairsSource, pairs_to_bin
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared(variable: str, *parts: str) -> pathlib.Path:
+    return pathlib.Path(os.environ.get(variable, REPO.parent.joinpath("shared", *parts)))
+
+
+def as_verification(source) -> Verification:
+    idx_a, idx_b, issame, folds = source.pair_indices
+    return Verification(materialize(source, progress=False), idx_a, idx_b, issame, folds)
+
+
+def iresnet_metrics(verification: Verification, image_size: int) -> dict:
+    config = config_lib.load_config("default")
+    model = build_model(config.model, num_classes=2, image_size=image_size, seed=0)
+    graphs, params, stats = split_model(model.backbone)
+    return verification_metrics(make_embed_fn(graphs.eval), params, stats, verification,
+                                batch_size=128, mesh=sharding.make_mesh(0), flip=True)
+
+
+def sface_metrics(verification: Verification) -> dict:
+    import cv2
+
+    models = shared("CURE_JAX_MODELS", "models")
+    path = models / "sface" / "face_recognition_sface_2021dec_int8bq.onnx"
+    recognizer = cv2.FaceRecognizerSF.create(str(path), "")
+    images = verification.source.images
+
+    def embed(image_rgb):
+        return recognizer.feature(np.ascontiguousarray(image_rgb[:, :, ::-1]))[0]  # BGR
+
+    emb = unit(np.stack([embed(im) + embed(im[:, ::-1]) for im in images]))  # flip test
+    result = verify(pair_distances(emb[verification.idx_a], emb[verification.idx_b]),
+                    verification.issame, folds_P=verification.folds)
+    return {"verification_accuracy": result.accuracy, "verification_std": result.accuracy_std,
+            "tar_at_far_1e-3": result.tar_at_far, "verification_pairs": result.num_pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=("iresnet", "sface"), default="iresnet")
+    parser.add_argument("--image-size", type=int, default=64, help="iresnet input side")
+    args = parser.parse_args()
+    size = 112 if args.model == "sface" else args.image_size
+    lfw = shared("CURE_JAX_LFW", "data", "lfw")
+    with tempfile.TemporaryDirectory() as tmp:
+        bin_path = os.path.join(tmp, "lfw.bin")
+        count = pairs_to_bin(lfw, lfw / "pairs.txt", bin_path)
+        print(f"wrote {count} pairs to a .bin of {os.path.getsize(bin_path) / 2**20:.1f} MiB")
+        results = {}
+        for name, source in (("pairs.txt", PairsSource(lfw, image_size=size)),
+                             ("lfw.bin", BinPairsSource(bin_path, image_size=size))):
+            start = time.perf_counter()
+            verification = as_verification(source)
+            results[name] = (iresnet_metrics(verification, size) if args.model == "iresnet"
+                             else sface_metrics(verification))
+            print(f"{name}: {len(source)} images, {time.perf_counter() - start:.0f} s: "
+                  f"{results[name]}")
+    same = results["pairs.txt"] == results["lfw.bin"]
+    print(f"model {args.model} at {size}x{size}: identical results: {same}")
+
+
+if __name__ == "__main__":
+    main()
