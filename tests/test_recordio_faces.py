@@ -24,6 +24,7 @@ from data_pipelines.sources.recordio_faces import (
     RecordIOFaces,
     folder_to_recordio,
     recordio_to_folder,
+    write_faces_rec,
 )
 
 
@@ -227,3 +228,10 @@ def test_whole_lfw_round_trip_is_bit_exact(tmp_path):
     faces, files = RecordIOFaces(tmp_path / "rec"), ImageFolderSource(images)
     np.testing.assert_array_equal(faces.labels, files.labels)
     assert faces.identity_names == files.identity_names
+
+
+def test_write_faces_rec_checks_the_image_count(tmp_path):
+    with pytest.raises(ValueError, match="1 images for the 2 that counts announce"):
+        write_faces_rec(tmp_path, ["a"], [2], iter([jpeg((1, 1, 1))]), image_shape=(10, 12))
+    with pytest.raises(ValueError, match="more images than the 1 that counts announce"):
+        write_faces_rec(tmp_path, ["a"], [1], iter([jpeg((1, 1, 1))] * 2), image_shape=(10, 12))

@@ -129,6 +129,21 @@ def test_crafted_pickles_run_nothing(name, tmp_path):
         assert "dtype" in str(err.value)
 
 
+def test_numpy_globals_are_admitted_only_as_numpy_pickles_use_them(tmp_path):
+    path = tmp_path / "evil.bin"
+    reconstruct = np.zeros(1).__reduce__()[0]  # what NumPy pickles arrays with
+    huge = Exploit(reconstruct, np.ndarray, (10**12,), b"b")
+    path.write_bytes(pickle.dumps(([huge], ISSAME)))
+    with pytest.raises(UnsafePickleError, match=r"_reconstruct\(numpy.ndarray, \(1000000000000,\)"):
+        read_bin(path)
+    path.write_bytes(pickle.dumps(([Exploit(np.ndarray, (4,), "O")], ISSAME)))
+    with pytest.raises(ValueError, match="not a readable .bin pickle"):  # ndarray is not callable
+        read_bin(path)
+    path.write_bytes(pickle.dumps(([Exploit(np.dtype, "O")], ISSAME)))
+    with pytest.raises(UnsafePickleError, match="NumPy dtype 'O' refused"):
+        read_bin(path)
+
+
 def test_the_refusal_names_the_global(tmp_path):
     path = tmp_path / "evil.bin"
     path.write_bytes(pickle.dumps((Exploit(os.system, "true"), ISSAME)))

@@ -251,7 +251,8 @@ class IndexedRecordIO:
     a truncated file or an index of another file). Every read checks the framing of its record
     again, so a bad record is reported where it is met, never returned.
 
-    Reads use `os.pread`: threads share one descriptor; worker processes reopen it.
+    Reads use `os.pread` on one descriptor, which threads share safely; a copy pickled into a
+    worker process opens its own.
 
     Attributes:
       rec_path, idx_path: the files.
@@ -273,7 +274,7 @@ class IndexedRecordIO:
         ends = np.empty_like(self.offsets)
         ends[order] = np.append(self.offsets[order][1:], self.size)
         self._ends = ends
-        self._fd: int | None = None
+        self._fd = os.open(self.rec_path, os.O_RDONLY)
         self._check_offsets()
         self._check_sample()
 
@@ -310,8 +311,12 @@ class IndexedRecordIO:
     def __getstate__(self) -> dict[str, Any]:
         # A descriptor does not survive pickling into a worker process; it reopens there.
         state = self.__dict__.copy()
-        state["_fd"] = None
+        del state["_fd"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fd = os.open(self.rec_path, os.O_RDONLY)
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -340,8 +345,6 @@ class IndexedRecordIO:
         """
         i = self._position(key)
         offset, end = int(self.offsets[i]), int(self._ends[i])
-        if self._fd is None:
-            self._fd = os.open(self.rec_path, os.O_RDONLY)
         buffer = os.pread(self._fd, end - offset, offset)
         end_reason = ("the end of the file" if end == self.size
                       else f"the next indexed record (byte offset {end})")

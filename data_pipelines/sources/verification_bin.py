@@ -44,6 +44,17 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A `.bin` whose pickle names a global that a verification set never holds."""
 
 
+class _NdarrayClass:
+    """Stands for numpy.ndarray inside a `.bin` pickle: an argument of `_reconstruct`, not a
+    callable that could allocate or build arrays of any dtype."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayClass()
+
+
 def _numpy_core(module: str, name: str):
     # NumPy 2 writes `numpy._core.*`, NumPy 1 `numpy.core.*`; either file may meet either NumPy.
     for package in ("numpy._core", "numpy.core"):
@@ -77,9 +88,11 @@ class _BinUnpickler(pickle.Unpickler):
             return np.dtype(_checked_dtype(obj, path), align=bool(align), copy=bool(copy))
 
         def array(cls, shape, typecode):
-            if cls is not np.ndarray:
-                raise UnsafePickleError(f"{path}: array class {cls!r} refused")
-            return reconstruct(np.ndarray, shape, typecode)
+            # NumPy pickles an empty int8 array of the class, then sets its state (dtype, data).
+            if cls is not _NDARRAY or tuple(shape) != (0,) or typecode not in (b"b", "b"):
+                raise UnsafePickleError(f"{path}: _reconstruct({cls!r}, {shape!r}, {typecode!r}) "
+                                        "refused; NumPy writes (ndarray, (0,), b'b')")
+            return reconstruct(np.ndarray, (0,), b"b")
 
         def array_from_buffer(buffer, dtype_, shape, order):
             return frombuffer(buffer, _checked_dtype(dtype_, path), shape, order)
@@ -103,7 +116,8 @@ class _BinUnpickler(pickle.Unpickler):
                 raise UnsafePickleError(f"{path}: bytearray({type(source).__name__}) refused")
             return bytearray(source)
 
-        self.allowed = {"_reconstruct": array, "ndarray": np.ndarray, "dtype": dtype,
+        # numpy.ndarray is admitted only as the class named to _reconstruct, never called.
+        self.allowed = {"_reconstruct": array, "ndarray": _NDARRAY, "dtype": dtype,
                         "_frombuffer": array_from_buffer, "scalar": bool_scalar,
                         "encode": latin1_bytes, "bytearray": byte_array}
         self.modules = {"_reconstruct": ("numpy.core.multiarray", "numpy._core.multiarray"),
