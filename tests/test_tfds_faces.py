@@ -107,6 +107,31 @@ def test_any_prepared_dataset_with_an_image_and_an_identity(tmp_path):
     assert TfdsFaces("other_faces:2.0.0", data_dir=tmp_path / "tfds").num_classes == 3
 
 
+class PixelFaces(OtherFaces, skip_registration=True):
+    """Decoded uint8 pixels stored as a Tensor, features named image and label."""
+
+    name = "pixel_faces"
+    __module__ = "prepared_elsewhere"
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(8, 10, 3), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _generate_examples(self):
+        for i in range(4):
+            yield i, {"image": np.full((8, 10, 3), 40 * i, np.uint8), "label": i % 2}
+
+
+def test_uint8_tensor_images_are_cropped_and_resized(tmp_path):
+    PixelFaces(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    faces = TfdsFaces("pixel_faces", data_dir=tmp_path, crop_box=(1, 1, 9, 7), image_size=4)
+    assert faces.labels.tolist() == [0, 0, 1, 1] and faces.identity_names == ["0", "1"]
+    np.testing.assert_array_equal(faces[1]["image"], np.full((4, 4, 3), 80, np.uint8))
+    with pytest.raises(ValueError, match="crop_box .* reaches outside an image of size 10x8"):
+        TfdsFaces("pixel_faces", data_dir=tmp_path, crop_box=(0, 0, 11, 8))[0]
+
+
 def test_grain_training_batches(folder, tmp_path):
     prepare_folder_dataset(folder, name="tiny_faces", data_dir=tmp_path / "tfds")
     batch = train_dataset(TfdsFaces("tiny_faces", data_dir=tmp_path / "tfds", image_size=8),

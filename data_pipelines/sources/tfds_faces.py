@@ -202,10 +202,14 @@ def _to_image(value: Any, crop_box, image_size) -> np.ndarray:
     `decode_image` does."""
     if isinstance(value, bytes | np.bytes_):
         return decode_image(io.BytesIO(bytes(value)), crop_box=crop_box, image_size=image_size)
-    image = Image.fromarray(np.asarray(value, np.uint8).squeeze(-1) if np.ndim(value) == 3
-                            and np.shape(value)[-1] == 1 else np.asarray(value, np.uint8))
-    image = image.convert("RGB")
+    pixels = np.asarray(value, np.uint8)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:  # grayscale stored as [H, W, 1]
+        pixels = pixels[..., 0]
+    image = Image.fromarray(pixels).convert("RGB")
     if crop_box is not None:
+        if crop_box[2] > image.size[0] or crop_box[3] > image.size[1]:
+            raise ValueError(f"crop_box {crop_box} reaches outside an image of size "
+                             f"{image.size[0]}x{image.size[1]} (width x height)")
         image = image.crop(crop_box)
     if image_size is not None and image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
