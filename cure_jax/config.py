@@ -44,7 +44,8 @@ from cure_jax.methods.unsir import UnsirConfig
 class DataConfig:
     """Where the faces come from and how they are split."""
 
-    source: Literal["synthetic", "folder"] = "synthetic"  # embedded renders | folder per identity
+    # The embedded renders, a folder per identity, insightface RecordIO, or a prepared TFDS set.
+    source: Literal["synthetic", "folder", "recordio", "tfds"] = "synthetic"
     image_size: Literal[32, 64, 112] = 64  # square input side (32 for tests, 112 insightface's)
     seed: Seed = 0  # seeds rendering, splits and pair sampling
     # Synthetic source.
@@ -61,6 +62,10 @@ class DataConfig:
     pairs: str = ""  # LFW-style pairs.txt for verification ("" = none); images under its lfw root
     # An unreadable image: stop with its name, or leave it out (listed in the run folder).
     on_bad_image: Literal["error", "skip"] = "error"
+    # RecordIO and TFDS sources (data.source=recordio | tfds) use the folder filters above;
+    # `root` is the folder holding train.rec, or the TFDS data dir ("" = TFDS's default).
+    tfds_name: str = ""  # data.source=tfds: NAME[/CONFIG][:VERSION] of a prepared TFDS dataset
+    verification_bins: tuple[str, ...] = ()  # insightface .bin sets, verified beside `pairs`
     # Both.
     holdout_per_identity: Fraction = 0.2  # share of each identity's images kept out of training
     augment_shift: CountOrZero = 4  # training augmentation: random translation up to this (px)

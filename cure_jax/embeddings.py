@@ -78,29 +78,50 @@ class EvalEmbeddings:
     """One backbone's raw embeddings of every set a run evaluates on, each computed once.
 
     Attributes:
-      train: [N_t, D] the training images (`data.train_indices`), as stored.
-      train_flipped: [N_t, D] their mirror images (the teacher's: the methods' targets), or None.
-      holdout: [N_h, D] the held-out images of the training identities (`data.holdout_indices`).
-      verification: [N_v, D] the verification images, or None when there are none.
-      verification_flipped: [N_v, D] their mirror images (the flip test), or None.
+      sets: {set name: (embeddings [N, D] of its images as stored, of their mirror images or
+        None)}. "train": the training images (`data.train_indices`; mirrored for the teacher,
+        whose embeddings are the methods' targets); "holdout": the held-out images of the
+        training identities; "verification": the verification images (mirrored for the flip
+        test), when there are any; "bin:<file>": the images of each `.bin` set.
     """
 
-    train: np.ndarray
-    train_flipped: np.ndarray | None
-    holdout: np.ndarray
-    verification: np.ndarray | None
-    verification_flipped: np.ndarray | None
+    sets: dict[str, tuple[np.ndarray, np.ndarray | None]]
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.sets["train"][0]
+
+    @property
+    def train_flipped(self) -> np.ndarray | None:
+        return self.sets["train"][1]
+
+    @property
+    def holdout(self) -> np.ndarray:
+        return self.sets["holdout"][0]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {field.name: value for field in dataclasses.fields(self)
-                if (value := getattr(self, field.name)) is not None}
+        """Flat {name: array} for an .npz file (mirrors under "<name>|mirrored")."""
+        out = {}
+        for name, (plain, mirrored) in self.sets.items():
+            out[name] = plain
+            if mirrored is not None:
+                out[f"{name}|mirrored"] = mirrored
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EvalEmbeddings:
+        return cls({name: (array, arrays.get(f"{name}|mirrored"))
+                    for name, array in arrays.items() if not name.endswith("|mirrored")})
 
 
-def _sets(data) -> dict[str, object]:
-    sets = {"train": SubsetSource(data.records, data.train_indices),
-            "holdout": SubsetSource(data.records, data.holdout_indices)}
+def eval_sets(data) -> dict[str, tuple[object, bool]]:
+    """{set name: (source, whether it is a verification set)} of everything a run evaluates."""
+    sets = {"train": (SubsetSource(data.records, data.train_indices), False),
+            "holdout": (SubsetSource(data.records, data.holdout_indices), False)}
     if data.verification is not None:
-        sets["verification"] = data.verification.source
+        sets["verification"] = (data.verification.source, True)
+    for name, verification in data.bin_verifications.items():
+        sets[f"bin:{name}"] = (verification.source, True)
     return sets
 
 
@@ -114,32 +135,33 @@ def embed_eval_sets(embed, backbone, data, *, batch_size: int, mesh, mirror_trai
       flip_test: also embed the mirrored verification images (arcface_torch's flip test).
       who: a prefix for the progress bars.
     """
-    out = {"train_flipped": None, "verification": None, "verification_flipped": None}
-    for name, source in _sets(data).items():
-        mirrors = {"train": mirror_train, "verification": flip_test}.get(name, False)
-        for mirrored in (False, True) if mirrors else (False,):
-            key = name + ("_flipped" if mirrored else "")
-            out[key] = embed_pass(embed, backbone.params, backbone.batch_stats, source,
-                                  batch_size=batch_size, mesh=mesh, mirrored=mirrored,
-                                  progress=progress, desc=f"{who}{key} images")
-    return EvalEmbeddings(**out)
+    def embed_set(source, name, mirrored):
+        return embed_pass(embed, backbone.params, backbone.batch_stats, source,
+                          batch_size=batch_size, mesh=mesh, mirrored=mirrored, progress=progress,
+                          desc=f"{who}{name} images" + (" (mirrored)" if mirrored else ""))
+
+    out = {}
+    for name, (source, is_verification) in eval_sets(data).items():
+        mirror = flip_test if is_verification else (mirror_train and name == "train")
+        out[name] = (embed_set(source, name, False),
+                     embed_set(source, name, True) if mirror else None)
+    return EvalEmbeddings(out)
 
 
 def cached_eval_embeddings(path: pathlib.Path, embed, backbone, data, *, batch_size: int, mesh,
                            flip_test: bool, progress: bool = False) -> EvalEmbeddings:
     """The teacher's `EvalEmbeddings` (training images in both orientations), computed once per
-    run folder and read back from the .npz at `path` while the sets keep their sizes."""
-    sizes = {name: len(source) for name, source in _sets(data).items()}
-    wanted = {"train", "train_flipped", "holdout"} | (
-        {"verification"} | ({"verification_flipped"} if flip_test else set())
-        if "verification" in sizes else set())
+    run folder and read back from the .npz at `path` while it holds the same sets."""
+    sizes = {name: len(source) for name, (source, _) in eval_sets(data).items()}
     if path.exists():
         with np.load(path) as cache:
-            arrays = {key: cache[key] for key in cache.files}
-        if set(arrays) == wanted and all(
-                len(arrays[key]) == sizes[key.removesuffix("_flipped")] for key in arrays):
-            return EvalEmbeddings(**{"verification": None, "verification_flipped": None,
-                                     **arrays})
+            cached = EvalEmbeddings.from_arrays({key: cache[key] for key in cache.files})
+        wanted_mirrors = {name: name == "train" or (flip_test and name not in ("holdout",))
+                          for name in sizes}
+        if ({name: len(plain) for name, (plain, _) in cached.sets.items()} == sizes
+                and all((mirrored is not None) == wanted_mirrors[name]
+                        for name, (_, mirrored) in cached.sets.items())):
+            return cached
     result = embed_eval_sets(embed, backbone, data, batch_size=batch_size, mesh=mesh,
                              mirror_train=True, flip_test=flip_test, progress=progress,
                              who="teacher: ")

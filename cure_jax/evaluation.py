@@ -31,12 +31,12 @@ def identity_accuracy(emb_NxD: np.ndarray, labels_N: np.ndarray, centres_CxD: np
     return float(np.mean(predictions == labels_N))
 
 
-def verification_metrics(emb: EvalEmbeddings, verification) -> dict:
-    """arcface_torch verification on `verification` pairs (10 folds, TAR@FAR=1e-3); with the
-    flip test when `emb` holds the mirrored images' embeddings (their raw sum is normalised)."""
-    raw = emb.verification
-    if emb.verification_flipped is not None:
-        raw = raw + emb.verification_flipped
+def verification_metrics(plain_NxD: np.ndarray, mirrored_NxD: np.ndarray | None,
+                         verification) -> dict:
+    """arcface_torch verification on `verification` pairs (10 folds, TAR@FAR=1e-3) from the raw
+    embeddings of its images; with the flip test when the mirrored images' embeddings are given
+    (the raw sum of both views is normalised)."""
+    raw = plain_NxD if mirrored_NxD is None else plain_NxD + mirrored_NxD
     unit_emb = unit(raw)
     dist = pair_distances(unit_emb[verification.idx_a], unit_emb[verification.idx_b])
     result = verify(dist, verification.issame, folds_P=verification.folds)
@@ -46,14 +46,25 @@ def verification_metrics(emb: EvalEmbeddings, verification) -> dict:
             "verification_pairs": result.num_pairs}
 
 
+def verification_sets(data) -> dict[str, tuple[str, object]]:
+    """{suffix of the metric names: (set name in `EvalEmbeddings`, `Verification`)}: the main
+    set (no suffix) and each `.bin` set ("@<file>")."""
+    sets = {} if data.verification is None else {"": ("verification", data.verification)}
+    for name, verification in data.bin_verifications.items():
+        sets[f"@{name}"] = (f"bin:{name}", verification)
+    return sets
+
+
 def backbone_metrics(emb: EvalEmbeddings, data, centres_CxD) -> dict:
-    """Held-out identity accuracy (unseen images of training identities) and verification."""
+    """Held-out identity accuracy (unseen images of training identities) and verification on
+    every verification set."""
     metrics = {}
     if len(data.holdout_indices):
         labels = data.records.labels[data.holdout_indices]
         metrics["holdout_accuracy"] = identity_accuracy(emb.holdout, labels, centres_CxD)
-    if data.verification is not None:
-        metrics.update(verification_metrics(emb, data.verification))
+    for suffix, (name, verification) in verification_sets(data).items():
+        result = verification_metrics(*emb.sets[name], verification)
+        metrics.update({f"{key}{suffix}": value for key, value in result.items()})
     return metrics
 
 
@@ -163,11 +174,11 @@ def evaluate_unlearning(*, teacher: EvalEmbeddings, student: EvalEmbeddings, tea
     units = {when: unit(np.concatenate(parts)) for when, parts in pool.items()}
     for when, emb in units.items():
         metrics.update(retrieval_summary(emb, pool_labels, is_forget, when))
-    if data.verification is not None:
+    for suffix, (name, verification) in verification_sets(data).items():
         for when, emb in models.items():
-            result = verification_metrics(emb, data.verification)
-            metrics[f"verification_{when}"] = result["verification_accuracy"]
-            metrics[f"tar_at_far_{when}"] = result["tar_at_far_1e-3"]
+            result = verification_metrics(*emb.sets[name], verification)
+            metrics[f"verification_{when}{suffix}"] = result["verification_accuracy"]
+            metrics[f"tar_at_far_{when}{suffix}"] = result["tar_at_far_1e-3"]
     if own_embedding_space:
         for key in HEAD_SCORED_AFTER:
             metrics.pop(key, None)

@@ -2,8 +2,9 @@
 images per identity) and a verification set of pairs.
 
 Synthetic data: training identities and verification identities are disjoint people rendered from
-the same seed. Image folders: every kept identity trains; verification comes from an LFW-style
-`pairs.txt` when one is given.
+the same seed. Image folders, insightface RecordIO (`train.rec`) and prepared TFDS datasets: every
+kept identity trains; verification comes from an LFW-style `pairs.txt` when one is given. Any
+source adds the insightface `.bin` verification sets listed in `verification_bins`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 from data_pipelines.pipelines import ArraySource, materialize
 from data_pipelines.sources.image_folder import BadImageError, ImageFolderSource
 from data_pipelines.sources.lfw_pairs import PairsSource
+from data_pipelines.sources.recordio_faces import RecordIOFaces
 from data_pipelines.sources.synthetic import SyntheticFaces, make_verification_pairs
+from data_pipelines.sources.verification_bin import BinPairsSource
 from data_pipelines.splits import holdout_split
 
 # Verification identities start here, far past any training identity id.
@@ -44,16 +47,37 @@ class FaceData:
     num_classes: int
     verification: Verification | None
     identity_names: list[str]
+    # `.bin` verification sets by file name (e.g. "agedb_30.bin"), evaluated beside `verification`.
+    bin_verifications: dict[str, Verification] = dataclasses.field(default_factory=dict)
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # unreadable, left out
 
 
 def load_face_data(config, *, progress: bool = True) -> FaceData:
     """Builds `FaceData` from a `DataConfig`."""
     if config.source == "synthetic":
-        return _synthetic(config, progress)
-    if config.source == "folder":
-        return _folder(config, progress)
-    raise ValueError(f"unknown data.source {config.source!r}; valid: synthetic, folder")
+        data = _synthetic(config, progress)
+    elif config.source in ("folder", "recordio", "tfds"):
+        data = _folder(config, progress)
+    else:
+        raise ValueError(f"unknown data.source {config.source!r}; valid: synthetic, folder, "
+                         "recordio, tfds")
+    data.bin_verifications = _bin_verifications(config, progress)
+    return data
+
+
+def _bin_verifications(config, progress: bool) -> dict[str, Verification]:
+    """The `.bin` sets of `config.verification_bins`, images decoded at `config.image_size`."""
+    found = {}
+    for path in config.verification_bins:
+        name = pathlib.Path(path).name
+        if name in found:
+            raise ValueError(f"data.verification_bins names {name!r} twice; give distinct files")
+        pairs = BinPairsSource(path, crop_box=tuple(config.crop_box) or None,
+                               image_size=config.image_size)
+        source = materialize(pairs, desc=f"decoding {name}", progress=progress)
+        idx_a, idx_b, issame, folds = pairs.pair_indices
+        found[name] = Verification(source, idx_a, idx_b, issame, folds)
+    return found
 
 
 def _synthetic(config, progress: bool) -> FaceData:
@@ -87,36 +111,52 @@ def balanced_folds(issame_P: np.ndarray, num_folds: int = 10) -> np.ndarray:
     return folds
 
 
-def _folder(config, progress: bool) -> FaceData:
-    if not config.root:
-        raise ValueError("data.source=folder needs data.root=<folder with one sub-folder per "
-                         "identity>")
+def _training_source(config):
+    """The source of `data.source` folder, recordio or tfds, with the folder filters."""
     crop = tuple(config.crop_box) or None
-    # Unreadable files are left out here, at decoding, never replaced by another image.
-    folder = ImageFolderSource(config.root, min_images=config.min_images,
-                               max_images=config.max_images or None, crop_box=crop,
-                               image_size=config.image_size, on_bad_image="error")
-    records = materialize(folder, desc=f"decoding {pathlib.Path(config.root).name}",
-                          progress=progress,
+    filters = dict(min_images=config.min_images, max_images=config.max_images or None,
+                   crop_box=crop, image_size=config.image_size)
+    if config.source == "tfds":
+        if not config.tfds_name:
+            raise ValueError("data.source=tfds needs data.tfds_name=<NAME[/CONFIG][:VERSION]> "
+                             "of a prepared TFDS dataset (data.root: its data dir)")
+        from data_pipelines.sources.tfds_faces import TfdsFaces  # optional extra
+
+        return TfdsFaces(config.tfds_name, data_dir=config.root or None, **filters)
+    if not config.root:
+        what = ("folder holding train.rec" if config.source == "recordio"
+                else "folder with one sub-folder per identity")
+        raise ValueError(f"data.source={config.source} needs data.root=<{what}>")
+    if config.source == "recordio":
+        return RecordIOFaces(config.root, **filters)
+    # Unreadable files are left out at decoding (`_folder`), never replaced by another image.
+    return ImageFolderSource(config.root, on_bad_image="error", **filters)
+
+
+def _folder(config, progress: bool) -> FaceData:
+    folder = _training_source(config)
+    name = config.tfds_name if config.source == "tfds" else pathlib.Path(config.root).name
+    records = materialize(folder, desc=f"decoding {name}", progress=progress,
                           skip=(BadImageError,) if config.on_bad_image == "skip" else ())
     skipped = [folder.paths[index] for index in records.skipped]
     if skipped:
         print(f"data.on_bad_image=skip: {len(skipped)} unreadable image file(s) left out "
               f"(first: {skipped[0]}); the run folder lists them in skipped_images.txt")
-    warn_small_images(records.extras["source_side"], config.image_size, config.root)
+    if "source_side" in records.extras:
+        warn_small_images(records.extras["source_side"], config.image_size, name)
     train_idx, holdout_idx = holdout_split(records.labels, fraction=config.holdout_per_identity,
                                            seed=config.seed)
     verification = None
     if config.pairs:
         pairs_path = pathlib.Path(config.pairs)
         lfw_root = pairs_path.parent
-        pairs = PairsSource(str(lfw_root), str(pairs_path), crop_box=crop,
+        pairs = PairsSource(str(lfw_root), str(pairs_path), crop_box=tuple(config.crop_box) or None,
                             image_size=config.image_size)
         source = materialize(pairs, desc="decoding verification pairs", progress=progress)
         idx_a, idx_b, issame, folds = pairs.pair_indices
         verification = Verification(source, idx_a, idx_b, issame, folds)
     return FaceData(records, train_idx, holdout_idx, folder.num_classes, verification,
-                    list(folder.identity_names), skipped)
+                    list(folder.identity_names), skipped_files=skipped)
 
 
 def warn_small_images(source_side_N: np.ndarray, image_size: int, where: str) -> int:

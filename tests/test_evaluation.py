@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from cure_jax.embeddings import EvalEmbeddings
 from cure_jax.evaluation import verification_metrics
 from cure_jax.metrics.verification import verify
 from data_pipelines.datasets import Verification, balanced_folds
@@ -23,10 +22,8 @@ def test_flip_test_sums_raw_embeddings_then_normalises():
     plain[200:][~issame] = rng.normal(size=((~issame).sum(), 8))
     # Mirrored views of very different norms: summing raw views and averaging unit views differ.
     flipped = 5.0 * np.abs(rng.normal(size=(400, 1))) * (plain + rng.normal(size=(400, 8)))
-    emb = EvalEmbeddings(train=plain[:1], train_flipped=None, holdout=plain[:1],
-                         verification=plain.astype(np.float32),
-                         verification_flipped=flipped.astype(np.float32))
-    metrics = verification_metrics(emb, verification)
+    metrics = verification_metrics(plain.astype(np.float32), flipped.astype(np.float32),
+                                   verification)
 
     def expected(unit):
         dist = np.sum((unit[:200] - unit[200:]) ** 2, axis=1)
@@ -38,7 +35,6 @@ def test_flip_test_sums_raw_embeddings_then_normalises():
     assert metrics["verification_pairs"] == 200
     averaged = expected(_unit(_unit(plain) + _unit(flipped)))
     assert averaged.accuracy != pytest.approx(summed.accuracy, abs=1e-9)  # the test can tell
-    without_flip = verification_metrics(
-        EvalEmbeddings(plain[:1], None, plain[:1], plain.astype(np.float32), None), verification)
+    without_flip = verification_metrics(plain.astype(np.float32), None, verification)
     assert without_flip["verification_accuracy"] == pytest.approx(
         expected(_unit(plain)).accuracy, abs=1e-9)

@@ -5,7 +5,7 @@
 
 The project's own protocol: `cure_jax.metrics.verification.verify` over the 6,000 pairs of
 `pairs.txt` (its 10 folds), flip test (raw embeddings of each image and its mirror summed, then
-normalised), embeddings from `cure_jax.embeddings.embed_source`.
+normalised), embeddings from `cure_jax.embeddings.embed_pass`.
 
 The LFW crops are the central 128x128 pixels of the deep-funneled images; SFace expects 112x112
 faces aligned to the ArcFace five-point template. Two ways in:
@@ -106,7 +106,8 @@ def evaluate(model, source, *, batch_size: int) -> tuple:
     """(VerificationResult, seconds) of `model` on a PairsSource-like `source`."""
     from cure_jax import sharding
     from cure_jax.embeddings import embed_pass, make_embed_fn
-    from cure_jax.metrics.verification import combine_flip, pair_distances, verify
+    from cure_jax.evaluation import unit
+    from cure_jax.metrics.verification import pair_distances, verify
     from cure_jax.models.backbone import split_model
 
     start = time.perf_counter()
@@ -117,7 +118,7 @@ def evaluate(model, source, *, batch_size: int) -> tuple:
     plain, mirrored = (embed_pass(embed, params, batch_stats, source, batch_size=batch_size,
                                   mesh=mesh, mirrored=flip, progress=True, desc="embedding")
                        for flip in (False, True))
-    emb = combine_flip(plain, mirrored)
+    emb = unit(plain + mirrored)  # arcface_torch's flip test: sum raw views, then normalise
     idx_a, idx_b, issame, fold = source.pair_indices
     result = verify(pair_distances(emb[idx_a], emb[idx_b]), issame, folds_P=fold)
     return result, time.perf_counter() - start
