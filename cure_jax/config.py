@@ -53,7 +53,8 @@ class DataConfig:
     images_per_identity: Count = 40
     num_verification_identities: CountOrZero = 100  # unseen people for verification (0: none)
     verification_images_per_identity: Annotated[int, Range(2)] = 10  # same-person pairs need 2
-    num_verification_pairs: Annotated[int, Range(20)] = 3000  # balanced same / different pairs
+    # Balanced same / different pairs (a folder without pairs: at most this many, in 10 folds).
+    num_verification_pairs: Annotated[int, Range(20)] = 3000
     # Folder source.
     root: str = ""  # <root>/<identity>/<image files>; relative paths resolve from the working dir
     min_images: Count = 1  # keep identities with at least this many images
@@ -66,6 +67,10 @@ class DataConfig:
     # `root` is the folder holding train.rec, or the TFDS data dir ("" = TFDS's default).
     tfds_name: str = ""  # data.source=tfds: NAME[/CONFIG][:VERSION] of a prepared TFDS dataset
     verification_bins: tuple[str, ...] = ()  # insightface .bin sets, verified beside `pairs`
+    # Folder, RecordIO, TFDS with neither `pairs` nor `verification_bins`: this share of the
+    # identities with 2+ images (at least 2) does not train; pairs drawn among their images
+    # verify, kept as the run folder's verification_pairs.txt. 0: no verification.
+    holdout_identities: Annotated[float, Range(0.0, 0.5)] = 0.1
     # Both.
     holdout_per_identity: Fraction = 0.2  # share of each identity's images kept out of training
     augment_shift: CountOrZero = 4  # training augmentation: random translation up to this (px)

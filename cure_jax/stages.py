@@ -32,6 +32,7 @@ from cure_jax.models.backbone import Backbone, Graphs
 from cure_jax.report import plot_embeddings, unlearning_report
 from cure_jax.teacher import Teacher, train_teacher
 from data_pipelines.datasets import load_face_data
+from data_pipelines.sources.lfw_pairs import format_pairs, read_pairs
 from data_pipelines.splits import RequestSplit, forget_identities
 
 # What the teacher depends on: a workdir's teacher is reused only when these keys agree.
@@ -39,6 +40,8 @@ TEACHER_KEYS = ("data.", "model.", "teacher.", "run.seed")
 # What every method's result depends on besides the teacher and what the method reads
 # (`MethodSpec.reads`): the request and its evaluation.
 REQUEST_KEYS = ("unlearn.", "eval.")
+# Verification pairs drawn among held-out identities, kept in the run folder in pairs.txt form.
+DRAWN_PAIRS_FILE = "verification_pairs.txt"
 
 
 def check_folder(folder: pathlib.Path, config: config_lib.Config,
@@ -75,6 +78,39 @@ def check_writable(folder: pathlib.Path) -> None:
     existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise config_lib.ConfigError(f"--workdir {folder}: {existing} cannot be written")
+
+
+def check_drawn_pairs(workdir: pathlib.Path, data) -> None:
+    """Refuses a run folder whose verification pairs, drawn by an earlier run among held-out
+    identities, are not the pairs drawn now (the images changed since): its results would not
+    compare.
+
+    Raises:
+      ValueError: naming the file and the first pair that differs.
+    """
+    path = workdir / DRAWN_PAIRS_FILE
+    if not data.drawn_pairs:
+        return
+    if not path.exists():
+        if (workdir / "config.json").exists():  # made before held-out verification existed
+            raise ValueError(f"{workdir} holds a run made before identities were held out "
+                             f"for verification (no {DRAWN_PAIRS_FILE}; every identity trained "
+                             "its teacher); use another --workdir")
+        return
+    kept = read_pairs(path)
+    if kept == data.drawn_pairs:
+        return
+    differ = [k for k, (a, b) in enumerate(zip(kept, data.drawn_pairs, strict=False)) if a != b]
+    where = (f"pair {differ[0] + 1}: {_pair_text(kept[differ[0]])} there, "
+             f"{_pair_text(data.drawn_pairs[differ[0]])} now" if differ
+             else f"{len(kept)} pairs there, {len(data.drawn_pairs)} now")
+    raise ValueError(f"{path} holds other verification pairs than the data gives now ({where}): "
+                     "its images changed since that run. To compare with it, restore them; to "
+                     f"start fresh, use another --workdir or delete {workdir}.")
+
+
+def _pair_text(pair) -> str:
+    return f"{pair.name_a} {pair.number_a} / {pair.name_b} {pair.number_b}"
 
 
 def write_folder_config(folder: pathlib.Path, config: config_lib.Config) -> None:
@@ -132,7 +168,10 @@ def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
     data = load_face_data(config.data, progress=config.run.progress)
     preflight(config, data, mesh)
     splits = {name: request_split(with_method(config, name), data) for name in method_names}
+    check_drawn_pairs(workdir, data)
     write_folder_config(workdir, config)
+    if data.drawn_pairs and not (workdir / DRAWN_PAIRS_FILE).exists():
+        (workdir / DRAWN_PAIRS_FILE).write_text(format_pairs(data.drawn_pairs))
     if data.skipped_files:
         (workdir / "skipped_images.txt").write_text("".join(f"{path}\n"
                                                             for path in data.skipped_files))

@@ -2,9 +2,11 @@
 images per identity) and a verification set of pairs.
 
 Synthetic data: training identities and verification identities are disjoint people rendered from
-the same seed. Image folders, insightface RecordIO (`train.rec`) and prepared TFDS datasets: every
-kept identity trains; verification comes from an LFW-style `pairs.txt` when one is given. Any
-source adds the insightface `.bin` verification sets listed in `verification_bins`.
+the same seed. Image folders, insightface RecordIO (`train.rec`) and prepared TFDS datasets:
+verification comes from an LFW-style `pairs.txt` when one is given (every kept identity trains);
+with neither a `pairs.txt` nor a `.bin`, a share of the identities (`holdout_identities`) does not
+train and balanced pairs drawn among their images verify (`verification_pairs.py`). Any source
+adds the insightface `.bin` verification sets listed in `verification_bins`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import numpy as np
 
 from data_pipelines.pipelines import ArraySource, materialize
 from data_pipelines.sources.image_folder import BadImageError, ImageFolderSource
-from data_pipelines.sources.lfw_pairs import PairsSource
+from data_pipelines.sources.lfw_pairs import Pair, PairsSource, format_pairs
 from data_pipelines.sources.recordio_faces import RecordIOFaces
 from data_pipelines.sources.synthetic import SyntheticFaces, make_verification_pairs
 from data_pipelines.sources.verification_bin import BinPairsSource
 from data_pipelines.splits import holdout_split
+from data_pipelines.verification_pairs import (
+    NUM_FOLDS,
+    as_pairs,
+    draw_pairs,
+    holdout_identities,
+    max_pairs_per_fold,
+)
 
 # Verification identities start here, far past any training identity id.
 VERIFICATION_IDENTITY_OFFSET = 1_000_000
@@ -50,6 +59,9 @@ class FaceData:
     # `.bin` verification sets by file name (e.g. "agedb_30.bin"), evaluated beside `verification`.
     bin_verifications: dict[str, Verification] = dataclasses.field(default_factory=dict)
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # unreadable, left out
+    # The pairs of `verification` when they were drawn among held-out identities (a run keeps
+    # them as its verification_pairs.txt); empty when they came from a file or there are none.
+    drawn_pairs: list[Pair] = dataclasses.field(default_factory=list)
 
 
 def load_face_data(config, *, progress: bool = True) -> FaceData:
@@ -136,9 +148,20 @@ def _training_source(config):
 def _folder(config, progress: bool) -> FaceData:
     folder = _training_source(config)
     name = config.tfds_name if config.source == "tfds" else pathlib.Path(config.root).name
-    records = materialize(folder, desc=f"decoding {name}", progress=progress,
-                          skip=(BadImageError,) if config.on_bad_image == "skip" else ())
+    skip = (BadImageError,) if config.on_bad_image == "skip" else ()
+    held_out = _held_out_identities(config, folder.labels)
+    train_ids = np.setdiff1d(np.arange(folder.num_classes), held_out)
+    records = materialize(folder, np.flatnonzero(np.isin(folder.labels, train_ids)),
+                          desc=f"decoding {name}", progress=progress, skip=skip)
+    records.labels = np.searchsorted(train_ids, records.labels).astype(np.int32)  # 0 .. C-1
     skipped = [folder.paths[index] for index in records.skipped]
+    verification, drawn = None, []
+    if config.pairs:
+        verification = _pairs_file_verification(config, progress)
+    elif len(held_out):
+        verification, drawn, skipped_held_out = _drawn_verification(config, folder, held_out,
+                                                                    skip, progress)
+        skipped += skipped_held_out
     if skipped:
         print(f"data.on_bad_image=skip: {len(skipped)} unreadable image file(s) left out "
               f"(first: {skipped[0]}); the run folder lists them in skipped_images.txt")
@@ -146,17 +169,68 @@ def _folder(config, progress: bool) -> FaceData:
         warn_small_images(records.extras["source_side"], config.image_size, name)
     train_idx, holdout_idx = holdout_split(records.labels, fraction=config.holdout_per_identity,
                                            seed=config.seed)
-    verification = None
-    if config.pairs:
-        pairs_path = pathlib.Path(config.pairs)
-        lfw_root = pairs_path.parent
-        pairs = PairsSource(str(lfw_root), str(pairs_path), crop_box=tuple(config.crop_box) or None,
-                            image_size=config.image_size)
-        source = materialize(pairs, desc="decoding verification pairs", progress=progress)
-        idx_a, idx_b, issame, folds = pairs.pair_indices
-        verification = Verification(source, idx_a, idx_b, issame, folds)
-    return FaceData(records, train_idx, holdout_idx, folder.num_classes, verification,
-                    list(folder.identity_names), skipped_files=skipped)
+    names = [folder.identity_names[c] for c in train_ids]
+    return FaceData(records, train_idx, holdout_idx, len(train_ids), verification, names,
+                    skipped_files=skipped, drawn_pairs=drawn)
+
+
+def _pairs_file_verification(config, progress: bool) -> Verification:
+    """The pairs of `config.pairs`, an LFW-style file over the images under its folder."""
+    pairs_path = pathlib.Path(config.pairs)
+    pairs = PairsSource(str(pairs_path.parent), str(pairs_path),
+                        crop_box=tuple(config.crop_box) or None, image_size=config.image_size)
+    source = materialize(pairs, desc="decoding verification pairs", progress=progress)
+    idx_a, idx_b, issame, folds = pairs.pair_indices
+    return Verification(source, idx_a, idx_b, issame, folds)
+
+
+def _held_out_identities(config, labels_N: np.ndarray) -> np.ndarray:
+    """The identities kept out of training to draw verification pairs from: none when a pairs
+    file or a `.bin` verifies, or `holdout_identities` is 0."""
+    if config.pairs or config.verification_bins or not config.holdout_identities:
+        return np.zeros(0, np.int64)
+    try:
+        return holdout_identities(labels_N, fraction=config.holdout_identities,
+                                  seed=config.seed)
+    except ValueError as error:
+        raise ValueError(f"data.holdout_identities={config.holdout_identities}: {error}. "
+                         f"{_OTHER_VERIFICATION}") from None
+
+
+_OTHER_VERIFICATION = ("Give data.pairs or data.verification_bins instead, or set "
+                       "data.holdout_identities=0 (no verification)")
+
+
+def _drawn_verification(config, folder, held_out: np.ndarray, skip, progress: bool
+                        ) -> tuple[Verification, list[Pair], list[str]]:
+    """Balanced pairs (10 folds) drawn among the images of the `held_out` identities.
+
+    Returns:
+      (the verification set, its pairs as a pairs file names them, unreadable files left out).
+    """
+    source = materialize(folder, np.flatnonzero(np.isin(folder.labels, held_out)),
+                         desc="decoding held-out identities", progress=progress, skip=skip)
+    most = max_pairs_per_fold(source.labels)
+    wanted = config.num_verification_pairs // (2 * NUM_FOLDS)
+    if most < 1:
+        raise ValueError(
+            f"data.holdout_identities={config.holdout_identities}: the {len(held_out)} "
+            f"identities held out of training ({len(source)} images) give fewer than "
+            f"{NUM_FOLDS} distinct same-person pairs, one per fold; raise it. "
+            f"{_OTHER_VERIFICATION}")
+    if most < wanted:
+        print(f"data.num_verification_pairs={config.num_verification_pairs}: the "
+              f"{len(held_out)} held-out identities allow {2 * NUM_FOLDS * most} distinct "
+              "balanced pairs; verifying on those")
+    idx_a, idx_b, issame, folds = draw_pairs(source.labels, pairs_per_fold=min(most, wanted),
+                                             seed=config.seed)
+    pairs = as_pairs(idx_a, idx_b, issame, folds, source.labels, folder.identity_names)
+    try:
+        format_pairs(pairs)  # a name that a pairs file cannot hold stops the run here
+    except ValueError as error:
+        raise ValueError(f"{error}. {_OTHER_VERIFICATION}") from None
+    skipped = [folder.paths[index] for index in source.skipped]
+    return Verification(source, idx_a, idx_b, issame, folds), pairs, skipped
 
 
 def warn_small_images(source_side_N: np.ndarray, image_size: int, where: str) -> int:

@@ -226,7 +226,7 @@ def _tiny_folder(root: pathlib.Path, *, bad: bool, side: int = 40):
 def test_skipped_images_are_left_out_counted_and_listed(tmp_path, capsys):
     _tiny_folder(tmp_path / "faces", bad=True)
     data_config = dataclasses.replace(SMOKE.data, source="folder", root=str(tmp_path / "faces"),
-                                      on_bad_image="skip")
+                                      on_bad_image="skip", holdout_identities=0.0)
     data = load_face_data(data_config, progress=False)
     assert data.skipped_files == [str(tmp_path / "faces" / "Ben" / "Ben_0003.png")]
     assert len(data.records) == 14
@@ -240,7 +240,8 @@ def test_skipped_images_are_left_out_counted_and_listed(tmp_path, capsys):
 
 def test_small_images_are_counted_in_a_warning(tmp_path, capsys):
     _tiny_folder(tmp_path / "faces", bad=False, side=12)
-    data_config = dataclasses.replace(SMOKE.data, source="folder", root=str(tmp_path / "faces"))
+    data_config = dataclasses.replace(SMOKE.data, source="folder", root=str(tmp_path / "faces"),
+                                      holdout_identities=0.0)
     load_face_data(data_config, progress=False)
     assert "15 of 15 images" in capsys.readouterr().out
 

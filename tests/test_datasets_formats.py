@@ -4,6 +4,8 @@
 import dataclasses
 import importlib.util
 import io
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ from PIL import Image
 
 from configs.smoke import get_config
 from cure_jax import sharding
-from cure_jax.config import apply_overrides
+from cure_jax.config import apply_overrides, load_config
 from cure_jax.embeddings import embed_eval_sets
 from cure_jax.evaluation import backbone_metrics
 from cure_jax.models.backbone import Backbone
@@ -21,6 +23,7 @@ from data_pipelines import convert
 from data_pipelines.datasets import load_face_data
 from data_pipelines.sources.verification_bin import read_bin
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TFDS = all(importlib.util.find_spec(m) for m in ("tensorflow_datasets", "array_record"))
 
 
@@ -63,6 +66,27 @@ def assert_same_faces(a, b) -> None:
     assert a.identity_names == b.identity_names and a.num_classes == b.num_classes
 
 
+def assert_same_face_data(a, b) -> None:
+    """Every array a run reads from `FaceData`, bit for bit: training records, splits and each
+    verification set (the records' extras aside: each source adds its own, unused by runs)."""
+    assert_same_faces(a, b)
+    assert a.records.images.dtype == b.records.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.holdout_indices, b.holdout_indices)
+    assert a.drawn_pairs == b.drawn_pairs and a.skipped_files == b.skipped_files
+    sets_a = {"": a.verification, **a.bin_verifications}
+    sets_b = {"": b.verification, **b.bin_verifications}
+    assert sets_a.keys() == sets_b.keys()
+    for name, va in sets_a.items():
+        vb = sets_b[name]
+        assert (va is None) == (vb is None), name
+        if va is None:
+            continue
+        for field in ("idx_a", "idx_b", "issame", "folds"):
+            np.testing.assert_array_equal(getattr(va, field), getattr(vb, field), err_msg=field)
+        np.testing.assert_array_equal(va.source.images, vb.source.images)
+        np.testing.assert_array_equal(va.source.labels, vb.source.labels)
+
+
 def test_recordio_source_loads_as_the_folder(lfw_like, tmp_path):
     assert convert.main(["folder-to-rec", str(lfw_like / "images"), str(tmp_path / "rec")]) == 0
     folder = load_face_data(data_config(source="folder", root=str(lfw_like / "images"),
@@ -81,6 +105,45 @@ def test_tfds_source_loads_as_the_folder(lfw_like, tmp_path):
     tfds = load_face_data(data_config(source="tfds", tfds_name="lfw_like",
                                       root=str(tmp_path / "tfds")), progress=False)
     assert_same_faces(tfds, folder)
+
+
+@pytest.mark.skipif(not HAS_TFDS, reason='tensorflow-datasets is not installed (".[tfds]")')
+@pytest.mark.parametrize("verification", ["pairs.txt", "drawn among held-out people"])
+def test_tfds_gives_the_folder_face_data_bit_for_bit(lfw_like, tmp_path, verification):
+    assert convert.main(["tfds-prepare", str(lfw_like / "images"), "--name", "lfw_like",
+                         "--data-dir", str(tmp_path / "tfds")]) == 0
+    pairs = {"pairs": str(lfw_like / "pairs.txt")} if verification == "pairs.txt" else {}
+    folder = load_face_data(data_config(source="folder", root=str(lfw_like / "images"),
+                                        **pairs), progress=False)
+    tfds = load_face_data(data_config(source="tfds", tfds_name="lfw_like",
+                                      root=str(tmp_path / "tfds"), **pairs), progress=False)
+    assert folder.verification is not None and bool(folder.drawn_pairs) == (not pairs)
+    assert_same_face_data(tfds, folder)
+
+
+def lfw_root():
+    root = pathlib.Path(os.environ.get("CURE_JAX_LFW", REPO.parent / "shared" / "data" / "lfw"))
+    if not (root / "images").is_dir():
+        pytest.skip(f"LFW not found at {root} (set CURE_JAX_LFW to its folder)")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TFDS, reason='tensorflow-datasets is not installed (".[tfds]")')
+def test_lfw_through_tfds_gives_the_lfw_cure_face_data_bit_for_bit(tmp_path):
+    """`--config lfw_cure` reads the same arrays from LFW's folder and from LFW prepared for
+    TFDS, so that every figure of a run on one is the figure of a run on the other."""
+    root = lfw_root()
+    assert convert.main(["tfds-prepare", str(root / "images"), "--name", "lfw_faces",
+                         "--data-dir", str(tmp_path / "tfds")]) == 0
+    config = apply_overrides(load_config("lfw_cure"), [f"data.root={root / 'images'}",
+                                                       f"data.pairs={root / 'pairs.txt'}"])
+    folder = load_face_data(config.data, progress=False)
+    tfds = load_face_data(apply_overrides(config, [
+        "data.source=tfds", "data.tfds_name=lfw_faces", f"data.root={tmp_path / 'tfds'}"]).data,
+        progress=False)
+    assert folder.num_classes == 158 and len(folder.verification.idx_a) == 6000
+    assert_same_face_data(tfds, folder)
 
 
 def test_missing_settings_say_what_is_needed():

@@ -151,6 +151,34 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     return pairs
 
 
+def format_pairs(pairs: Sequence[Pair]) -> str:
+    """The `pairs.txt` text of `pairs`, which `read_pairs` reads back equal.
+
+    Args:
+      pairs: in file order: fold by fold, `n` same pairs then `n` different pairs, the same
+        `n` in every fold (View 2's layout).
+
+    Raises:
+      ValueError: pairs not in that layout, or a name holding whitespace (the format splits
+        lines on it).
+    """
+    num_folds = max((p.fold for p in pairs), default=-1) + 1
+    per_class = len(pairs) // (2 * num_folds) if num_folds else 0
+    expected = [(fold, same) for fold in range(num_folds) for same in (True, False)
+                for _ in range(per_class)]
+    if not pairs or [(p.fold, p.issame) for p in pairs] != expected:
+        raise ValueError("pairs must come fold by fold, n same then n different pairs per fold")
+    lines = [f"{num_folds} {per_class}"]
+    for p in pairs:
+        for name in (p.name_a, p.name_b):
+            if not name or any(c.isspace() for c in name):
+                raise ValueError(f"identity name {name!r} cannot be written in a pairs file: "
+                                 "it splits lines on whitespace")
+        lines.append(f"{p.name_a} {p.number_a} {p.number_b}" if p.issame
+                     else f"{p.name_a} {p.number_a} {p.name_b} {p.number_b}")
+    return "\n".join(lines) + "\n"
+
+
 def lfw_image_path(lfw_root: str, name: str, number: int) -> str:
     """`lfw_root/images/<name>/<name>_<number:04d>.jpg`, LFW's file naming."""
     return os.path.join(lfw_root, "images", name, f"{name}_{number:04d}.jpg")

@@ -40,8 +40,9 @@ NUM_FOLDS = 10  # arcface_torch: KFold(10, shuffle=False) over the pairs
 _ARRAY_DTYPES = (np.dtype(bool), np.dtype(np.uint8))
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A `.bin` whose pickle names a global that a verification set never holds."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A `.bin` whose pickle names a global that a verification set never holds (a ValueError
+    too: bad input, which the command lines report as one line)."""
 
 
 class _NdarrayClass:
