@@ -50,6 +50,9 @@ class FaceData:
     # `.bin` verification sets by file name (e.g. "agedb_30.bin"), evaluated beside `verification`.
     bin_verifications: dict[str, Verification] = dataclasses.field(default_factory=dict)
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # unreadable, left out
+    # `data.align`: per set ("train", "verification"), what the face search found in its photos
+    # and which photos had no face (`alignment_summary`); empty without alignment.
+    alignment: dict = dataclasses.field(default_factory=dict)
 
 
 def load_face_data(config, *, progress: bool = True) -> FaceData:
@@ -114,8 +117,9 @@ def balanced_folds(issame_P: np.ndarray, num_folds: int = 10) -> np.ndarray:
 def _training_source(config):
     """The source of `data.source` folder, recordio or tfds, with the folder filters."""
     crop = tuple(config.crop_box) or None
+    # Photos to align keep their own size: the warp makes the crop.
     filters = dict(min_images=config.min_images, max_images=config.max_images or None,
-                   crop_box=crop, image_size=config.image_size)
+                   crop_box=crop, image_size=None if config.align != "none" else config.image_size)
     if config.source == "tfds":
         if not config.tfds_name:
             raise ValueError("data.source=tfds needs data.tfds_name=<NAME[/CONFIG][:VERSION]> "
@@ -133,10 +137,35 @@ def _training_source(config):
     return ImageFolderSource(config.root, on_bad_image="error", **filters)
 
 
+def aligned(source, config, *, on_failure: str, progress: bool):
+    """`source`'s photos aligned to the ArcFace template as `data.align` says (YuNet with its
+    defaults, the largest of several faces), searched once here."""
+    from data_pipelines.align import YuNetDetector  # OpenCV: the optional `align` extra
+    from data_pipelines.sources.aligned import AlignedSource
+
+    return AlignedSource(source, detector=YuNetDetector(), size=config.image_size,
+                         multiple="largest", on_failure=on_failure, progress=progress)
+
+
+def alignment_summary(source, paths: list[str], without_face: str) -> dict:
+    """What the face search of an `AlignedSource` found: photos, outcome counts, and the photos
+    without a face with what became of them (`without_face`)."""
+    return {"photos": len(source.source),
+            "outcomes": {outcome.value: count for outcome, count in source.outcomes.items()},
+            "without_face": without_face,
+            "without_face_files": [paths[index] for index in sorted(source.failures)]}
+
+
 def _folder(config, progress: bool) -> FaceData:
     folder = _training_source(config)
     name = config.tfds_name if config.source == "tfds" else pathlib.Path(config.root).name
-    records = materialize(folder, desc=f"decoding {name}", progress=progress,
+    alignment = {}
+    source = folder
+    if config.align != "none":
+        # A training photo without a face is left out: nothing else could stand for it.
+        source = aligned(folder, config, on_failure="drop", progress=progress)
+        alignment["train"] = alignment_summary(source, folder.paths, "left out")
+    records = materialize(source, desc=f"decoding {name}", progress=progress,
                           skip=(BadImageError,) if config.on_bad_image == "skip" else ())
     skipped = [folder.paths[index] for index in records.skipped]
     if skipped:
@@ -151,12 +180,17 @@ def _folder(config, progress: bool) -> FaceData:
         pairs_path = pathlib.Path(config.pairs)
         lfw_root = pairs_path.parent
         pairs = PairsSource(str(lfw_root), str(pairs_path), crop_box=tuple(config.crop_box) or None,
-                            image_size=config.image_size)
-        source = materialize(pairs, desc="decoding verification pairs", progress=progress)
+                            image_size=None if config.align != "none" else config.image_size)
+        images = pairs
+        if config.align != "none":
+            # Every pair must count, as the protocol has it: a photo without a face is resized.
+            images = aligned(pairs, config, on_failure="resize", progress=progress)
+            alignment["verification"] = alignment_summary(images, pairs.paths, "resized whole")
+        source = materialize(images, desc="decoding verification pairs", progress=progress)
         idx_a, idx_b, issame, folds = pairs.pair_indices
         verification = Verification(source, idx_a, idx_b, issame, folds)
     return FaceData(records, train_idx, holdout_idx, folder.num_classes, verification,
-                    list(folder.identity_names), skipped_files=skipped)
+                    list(folder.identity_names), skipped_files=skipped, alignment=alignment)
 
 
 def warn_small_images(source_side_N: np.ndarray, image_size: int, where: str) -> int:
