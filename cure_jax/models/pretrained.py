@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -118,15 +117,12 @@ def check(config) -> None:
         load_backbone(config.model, image_size=config.data.image_size)
 
 
-def _he_normal(key: jax.Array, shape: tuple, fan_in: int) -> jax.Array:
-    return jax.random.normal(key, shape) * np.sqrt(2.0 / max(fan_in, 1))
-
-
 def _reinitialise_onnx(backbone: OnnxBackbone, seed: int) -> None:
     """He-normal weights by each node's fan-in, zero biases, PReLU slopes 0.25, identity batch
-    norms (scale 1, shift 0, mean 0, variance 1)."""
+    norms (scale 1, shift 0, mean 0, variance 1). Drawn in NumPy: eager JAX would compile one
+    program per weight shape."""
+    rng = np.random.default_rng(seed)
     weight_key = dict(backbone.weight_keys)
-    keys = iter(jax.random.split(jax.random.key(seed), len(weight_key) + 1))
     for node in backbone.graph.nodes:
         for position, name in enumerate(node.inputs):
             if name not in weight_key:
@@ -134,19 +130,21 @@ def _reinitialise_onnx(backbone: OnnxBackbone, seed: int) -> None:
             variable = backbone.weights[weight_key[name]]
             shape = variable.shape
             if node.op_type == "PRelu":
-                value = jnp.full(shape, 0.25)
+                value = np.full(shape, 0.25)
             elif len(shape) < 2:
-                value = jnp.zeros(shape)  # biases
-            elif node.op_type == "Gemm" and position == 1 and node.attr("transB", 0):
-                value = _he_normal(next(keys), shape, shape[1])
-            elif node.op_type == "Conv":
-                value = _he_normal(next(keys), shape, int(np.prod(shape[1:])))  # OIHW
+                value = np.zeros(shape)  # biases
             else:
-                value = _he_normal(next(keys), shape, shape[0])  # [in, out]
-            variable[...] = value.astype(variable[...].dtype)
+                if node.op_type == "Conv":
+                    fan_in = int(np.prod(shape[1:]))  # OIHW
+                elif node.op_type == "Gemm" and position == 1 and node.attr("transB", 0):
+                    fan_in = shape[1]  # [out, in]
+                else:
+                    fan_in = shape[0]  # [in, out]
+                value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+            variable[...] = jnp.asarray(value, jnp.float32)
     for bn in backbone.norms.values():
         for variable, fill in ((bn.scale, 1.0), (bn.bias, 0.0), (bn.mean, 0.0), (bn.var, 1.0)):
-            variable[...] = jnp.full(variable.shape, fill, variable[...].dtype)
+            variable[...] = jnp.full(variable.shape, fill, jnp.float32)
 
 
 def random_backbone(config, *, image_size: int, seed: int) -> nnx.Module:
