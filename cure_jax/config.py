@@ -74,6 +74,11 @@ class DataConfig:
     # Both.
     holdout_per_identity: Fraction = 0.2  # share of each identity's images kept out of training
     augment_shift: CountOrZero = 4  # training augmentation: random translation up to this (px)
+    # Folder source: "yunet" aligns every photo (training images and `pairs` images alike) to
+    # the ArcFace template when it is decoded: YuNet's five landmarks, the largest of several
+    # faces. A training photo without a face is left out, a verification photo without one is
+    # resized whole (so that every pair counts); the run folder's alignment.json counts both.
+    align: Literal["none", "yunet"] = "none"
 
     def problems(self) -> list[str]:
         out = []
@@ -83,6 +88,19 @@ class DataConfig:
         elif self.crop_box and not (self.crop_box[0] < self.crop_box[2]
                                     and self.crop_box[1] < self.crop_box[3]):
             out.append(f"{{p}}crop_box={self.crop_box} must have left < right and top < bottom")
+        if self.align != "none":
+            if self.source != "folder":
+                out.append(f"{{p}}align={self.align} aligns photos from a folder; it needs "
+                           f"{{p}}source=folder (got {self.source!r})")
+            if self.image_size != 112:
+                out.append(f"{{p}}align={self.align} warps faces to the 112x112 ArcFace "
+                           f"template: it needs {{p}}image_size=112 (got {self.image_size})")
+            if self.crop_box:
+                out.append(f"{{p}}align={self.align} finds the face itself: leave "
+                           "{p}crop_box empty")
+            if self.on_bad_image != "error":
+                out.append(f"{{p}}align={self.align} reads every photo before training: it "
+                           "needs {p}on_bad_image=error")
         if 2 * self.augment_shift >= self.image_size:
             out.append(f"{{p}}augment_shift={self.augment_shift} must be less than half of "
                        f"{{p}}image_size={self.image_size}")
@@ -102,6 +120,27 @@ class ModelConfig:
     # CosFace cosine margin, or ArcFace angular margin in radians (0.5 is usual).
     margin: Annotated[float, Range(0.0, 1.5)] = 0.35
     straight_through: bool = True  # arcface_torch: the margin does not enter the gradient
+    # A pretrained backbone to start from: an .onnx file or an arcface_torch .pth ("" = train
+    # from scratch). A relative path is looked up from the working directory, then in the shared
+    # models folder ($CURE_JAX_MODELS, else ../shared/models beside the repository). The file
+    # sets the architecture (depth and width are then unused) and the input size; `dropout`
+    # replaces its dropout ratio; `embedding_dim` must equal its embedding size.
+    pretrained: str = ""
+    # Layers kept as imported (parameters and batch-norm statistics) in every training of the
+    # run: those before the layer of this name (an ONNX node, an arcface_torch module such as
+    # layer3.0.bn1) ...
+    freeze_before: str = ""
+    freeze_layers: CountOrZero = 0  # ... or this many leading layers (0: none)
+
+    def problems(self) -> list[str]:
+        out = []
+        if (self.freeze_before or self.freeze_layers) and not self.pretrained:
+            out.append("{p}freeze_before / {p}freeze_layers keep pretrained layers as imported: "
+                       "they need {p}pretrained")
+        if self.freeze_before and self.freeze_layers:
+            out.append(f"{{p}}freeze_before={self.freeze_before!r} and {{p}}freeze_layers="
+                       f"{self.freeze_layers} both given; set one of them")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +158,10 @@ class OptimConfig:
     # Epochs at which the lr is multiplied by `decay`.
     milestones: tuple[PositiveFloat, ...] = (5.0, 7.0)
     decay: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.1
+    # Where a head trains beside the backbone (the teacher's margin head, CURE's pseudo-label
+    # head), the backbone's rate is this fraction of the head's: fine-tuning a pretrained
+    # backbone (0 trains the head alone).
+    backbone_lr_scale: Probability = 1.0
 
     def problems(self) -> list[str]:
         out = []

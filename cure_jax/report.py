@@ -67,7 +67,7 @@ def unlearning_report(m: dict, *, method: str, title: str) -> str:
         f"training images); {m.get('retain_images', '?')} retained training images. "
         "Accuracies in %: identity classification against the teacher's frozen class centres "
         "on the training images of each set, and on their held-out images; verification on "
-        "pairs of people never trained on. UES with alpha = "
+        "the run's verification pairs (`data.pairs`, e.g. LFW's pairs.txt). UES with alpha = "
         f"{m.get('ues_alpha', 0.5)}." + ("" if m.get("head_scored", 1.0) else OWN_SPACE_NOTE),
         "",
         "## Accuracy (the paper's Table 1)",
@@ -91,7 +91,25 @@ def unlearning_report(m: dict, *, method: str, title: str) -> str:
     ]
     if "unlearn_seconds" in m:
         parts += [f"Unlearning took {m['unlearn_seconds']:.1f} s.", ""]
+    if "student_sha256" in m:
+        parts += ["## Model files", "", files_table(m), ""]
     return "\n".join(parts)
+
+
+def files_table(m: dict) -> str:
+    """The pretrained file (when the teacher came from one), the exported teacher and student:
+    path, sha256 and the export check."""
+    rows = []
+    if "pretrained_sha256" in m:
+        rows.append(["pretrained (before fine-tuning)", f"`{m['pretrained_file']}`",
+                     f"`{m['pretrained_sha256']}`",
+                     f"verification {_pct(m.get('pretrained_verification_accuracy'))}"])
+    for who in ("teacher", "student"):
+        if f"{who}_sha256" in m:
+            rows.append([who, f"`{m[f'{who}_file']}`", f"`{m[f'{who}_sha256']}`",
+                         f"max abs difference {m[f'{who}_export_max_abs_diff']:.2g} "
+                         f"({m[f'{who}_export_checked_with']})"])
+    return table(["model", "file", "sha256", "check"], rows)
 
 
 def retrieval_table(m: dict, method: str) -> str:
@@ -246,10 +264,29 @@ def comparison_report(results: dict, *, title: str) -> str:
         table(["method", "attack accuracy", *([] if mia_reference is None else ["gap to retrain"])],
               _rows(results, table4)),
         "",
+    ]
+    if "student_sha256" in first:
+        parts += ["## Model files", "", _files_rows(results), ""]
+    parts += [
         "![forget against retain accuracy and retrieval mAP](comparison.png)",
         "",
     ]
     return "\n".join(parts)
+
+
+def _files_rows(results: dict) -> str:
+    """The teacher's files (from the first method's record), then each method's student."""
+    first = next(iter(results.values()))
+    rows = []
+    if "pretrained_sha256" in first:
+        rows.append(["pretrained (before fine-tuning)", _pct(
+            first.get("pretrained_verification_accuracy")), f"`{first['pretrained_file']}`",
+            f"`{first['pretrained_sha256']}`"])
+    rows.append(["teacher", _pct(first.get("verification_before")), f"`{first['teacher_file']}`",
+                 f"`{first['teacher_sha256']}`"])
+    rows += [[name, _pct(m.get("verification_after")), f"`{m.get('student_file', '-')}`",
+              f"`{m.get('student_sha256', '-')}`"] for name, m in results.items()]
+    return table(["model", "verification", "file", "sha256"], rows)
 
 
 def plot_comparison(results: dict, path, *, title: str) -> None:

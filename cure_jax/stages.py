@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cure_jax import config as config_lib
-from cure_jax import methods, sharding
+from cure_jax import methods, model_files, sharding
 from cure_jax.embeddings import (
     EvalEmbeddings,
     cached_eval_embeddings,
@@ -28,6 +28,7 @@ from cure_jax.embeddings import (
 )
 from cure_jax.evaluation import backbone_metrics, evaluate_unlearning
 from cure_jax.methods.base import Supervision, UnlabelledSet, UnlearnContext
+from cure_jax.models import pretrained
 from cure_jax.models.backbone import Backbone, Graphs
 from cure_jax.report import plot_embeddings, unlearning_report
 from cure_jax.teacher import Teacher, train_teacher
@@ -165,6 +166,7 @@ def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
     for name in method_names:
         methods.get_method(name)  # a bad name fails first
         check_folder(workdir / name, with_method(config, name), method_keys(name))
+    pretrained.check(config)
     data = load_face_data(config.data, progress=config.run.progress)
     preflight(config, data, mesh)
     splits = {name: request_split(with_method(config, name), data) for name in method_names}
@@ -175,6 +177,11 @@ def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
     if data.skipped_files:
         (workdir / "skipped_images.txt").write_text("".join(f"{path}\n"
                                                             for path in data.skipped_files))
+    if data.alignment:
+        (workdir / "alignment.json").write_text(json.dumps(data.alignment, indent=2) + "\n")
+        for name, found in data.alignment.items():
+            print(f"alignment: {name}: {found['photos']} photos, {found['outcomes']}; "
+                  f"{len(found['without_face_files'])} without a face ({found['without_face']})")
     return Start(mesh, data, splits)
 
 
@@ -187,11 +194,13 @@ class TeacherRun(NamedTuple):
     embed: Callable  # `make_embed_fn(graphs.eval)`, shared by every backbone of the run
     embeddings: EvalEmbeddings  # of every evaluation set, training images in both orientations
     metrics: dict  # held-out accuracy and verification
+    files: dict  # the pretrained file and the exported teacher, with their sha256 (model_files)
 
 
 def teacher_stage(config, workdir: pathlib.Path, mesh, data) -> TeacherRun:
     """Trains (or resumes, or reuses) the teacher, embeds the evaluation sets with it and
     evaluates it, keeping embeddings and metrics in `workdir/teacher`."""
+    files = model_files.pretrained_record(config, workdir / "teacher", data, mesh)
     start = time.perf_counter()
     teacher = train_teacher(config, data, workdir, mesh)
     train_seconds = time.perf_counter() - start
@@ -208,9 +217,11 @@ def teacher_stage(config, workdir: pathlib.Path, mesh, data) -> TeacherRun:
         metrics = backbone_metrics(embeddings, data, teacher.class_centres())
         metrics["train_seconds"] = train_seconds
         eval_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    files.update(model_files.teacher_record(config, workdir / "teacher", graphs.eval, backbone,
+                                            data))
     print("teacher: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in metrics.items()))
-    return TeacherRun(teacher, graphs, backbone, embed, embeddings, metrics)
+                                  for k, v in {**metrics, **files}.items()))
+    return TeacherRun(teacher, graphs, backbone, embed, embeddings, metrics, files)
 
 
 def request_split(config, data) -> RequestSplit:
@@ -269,6 +280,9 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     start = time.perf_counter()
     student = spec.run(context)
     seconds = time.perf_counter() - start
+    files = {**teacher_run.files, **model_files.export_backbone(
+        config, teacher_run.graphs.eval, student, folder / "student",
+        model_files.check_pixels(data), who="student")}
     student_emb = embed_eval_sets(teacher_run.embed, student, data,
                                   batch_size=config.eval.batch_size, mesh=mesh,
                                   mirror_train=False, flip_test=config.eval.flip,
@@ -280,7 +294,8 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
         own_embedding_space=spec.own_embedding_space)
     metrics = evaluation.metrics
     plot_embeddings(evaluation, folder / "embeddings.png", title=f"{name} on {config.name}")
-    metrics.update(method=name, unlearn_seconds=seconds, ues_alpha=config.eval.ues_alpha)
+    metrics.update(method=name, unlearn_seconds=seconds, ues_alpha=config.eval.ues_alpha,
+                   **files)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report = unlearning_report(metrics, method=name, title=f"{name} on {config.name}")
     (folder / "report.md").write_text(report)

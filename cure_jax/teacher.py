@@ -1,4 +1,5 @@
-"""The teacher: an IResNet with a margin head trained on identity labels.
+"""The teacher: an IResNet (or a pretrained backbone) with a margin head trained on identity
+labels.
 
 The training step is a pure function `step(state, batch, root_key) -> (state, metrics)`, jitted
 once with the state donated. Modules are split into a static graph and array states
@@ -76,8 +77,9 @@ class Teacher(NamedTuple):
 
 def train_margin_model(*, config, optim, source, num_classes: int, folder: pathlib.Path, mesh,
                        desc: str) -> Teacher:
-    """Trains a fresh backbone with a margin head on the labels of `source`, resuming from the
-    latest checkpoint under `folder`; a finished run is only restored.
+    """Trains a fresh backbone (or fine-tunes the pretrained one of `model.pretrained`) with a
+    fresh margin head on the labels of `source`, resuming from the latest checkpoint under
+    `folder`; a finished run is only restored.
 
     Args:
       config: the run's `Config` (`model`, `data.augment_shift`, `data.seed`, `run`).
@@ -97,7 +99,7 @@ def train_margin_model(*, config, optim, source, num_classes: int, folder: pathl
     model = build_model(config.model, num_classes=num_classes,
                         image_size=config.data.image_size, seed=config.run.seed)
     graphs, params, batch_stats = split_model(model)
-    tx = make_optimizer(optim, steps_per_epoch)
+    tx = make_optimizer(optim, steps_per_epoch, params)
     state = sharding.replicate(init_state(params, batch_stats, tx), mesh)
     iterator = train_iterator(train_dataset(source, batch_size=optim.batch_size,
                                             seed=config.data.seed, shift=config.data.augment_shift))

@@ -62,6 +62,9 @@ class FaceData:
     # The pairs of `verification` when they were drawn among held-out identities (a run keeps
     # them as its verification_pairs.txt); empty when they came from a file or there are none.
     drawn_pairs: list[Pair] = dataclasses.field(default_factory=list)
+    # `data.align`: per set ("train", "verification"), what the face search found in its photos
+    # and which photos had no face (`alignment_summary`); empty without alignment.
+    alignment: dict = dataclasses.field(default_factory=dict)
 
 
 def load_face_data(config, *, progress: bool = True) -> FaceData:
@@ -126,8 +129,9 @@ def balanced_folds(issame_P: np.ndarray, num_folds: int = 10) -> np.ndarray:
 def _training_source(config):
     """The source of `data.source` folder, recordio or tfds, with the folder filters."""
     crop = tuple(config.crop_box) or None
+    # Photos to align keep their own size: the warp makes the crop.
     filters = dict(min_images=config.min_images, max_images=config.max_images or None,
-                   crop_box=crop, image_size=config.image_size)
+                   crop_box=crop, image_size=None if config.align != "none" else config.image_size)
     if config.source == "tfds":
         if not config.tfds_name:
             raise ValueError("data.source=tfds needs data.tfds_name=<NAME[/CONFIG][:VERSION]> "
@@ -145,22 +149,49 @@ def _training_source(config):
     return ImageFolderSource(config.root, on_bad_image="error", **filters)
 
 
+def aligned(source, config, *, on_failure: str, progress: bool):
+    """`source`'s photos aligned to the ArcFace template as `data.align` says (YuNet with its
+    defaults, the largest of several faces), searched once here."""
+    from data_pipelines.align import YuNetDetector  # OpenCV: the optional `align` extra
+    from data_pipelines.sources.aligned import AlignedSource
+
+    return AlignedSource(source, detector=YuNetDetector(), size=config.image_size,
+                         multiple="largest", on_failure=on_failure, progress=progress)
+
+
+def alignment_summary(source, paths: list[str], without_face: str) -> dict:
+    """What the face search of an `AlignedSource` found: photos, outcome counts, and the photos
+    without a face with what became of them (`without_face`)."""
+    return {"photos": len(source.source),
+            "outcomes": {outcome.value: count for outcome, count in source.outcomes.items()},
+            "without_face": without_face,
+            "without_face_files": [paths[index] for index in sorted(source.failures)]}
+
+
 def _folder(config, progress: bool) -> FaceData:
     folder = _training_source(config)
     name = config.tfds_name if config.source == "tfds" else pathlib.Path(config.root).name
     skip = (BadImageError,) if config.on_bad_image == "skip" else ()
+    alignment = {}
+    photos, photo_index = folder, np.arange(len(folder))
+    if config.align != "none":
+        # A training photo without a face is left out: nothing else could stand for it.
+        photos = aligned(folder, config, on_failure="drop", progress=progress)
+        photo_index = photos.indices
+        alignment["train"] = alignment_summary(photos, folder.paths, "left out")
+    labels = folder.labels[photo_index]  # of each record of `photos`
     held_out = _held_out_identities(config, folder.labels)
     train_ids = np.setdiff1d(np.arange(folder.num_classes), held_out)
-    records = materialize(folder, np.flatnonzero(np.isin(folder.labels, train_ids)),
+    records = materialize(photos, np.flatnonzero(np.isin(labels, train_ids)),
                           desc=f"decoding {name}", progress=progress, skip=skip)
     records.labels = np.searchsorted(train_ids, records.labels).astype(np.int32)  # 0 .. C-1
-    skipped = [folder.paths[index] for index in records.skipped]
+    skipped = [folder.paths[photo_index[index]] for index in records.skipped]
     verification, drawn = None, []
     if config.pairs:
-        verification = _pairs_file_verification(config, progress)
+        verification = _pairs_file_verification(config, alignment, progress)
     elif len(held_out):
-        verification, drawn, skipped_held_out = _drawn_verification(config, folder, held_out,
-                                                                    skip, progress)
+        verification, drawn, skipped_held_out = _drawn_verification(
+            config, folder, photos, photo_index, held_out, skip, progress)
         skipped += skipped_held_out
     if skipped:
         print(f"data.on_bad_image=skip: {len(skipped)} unreadable image file(s) left out "
@@ -171,15 +202,22 @@ def _folder(config, progress: bool) -> FaceData:
                                            seed=config.seed)
     names = [folder.identity_names[c] for c in train_ids]
     return FaceData(records, train_idx, holdout_idx, len(train_ids), verification, names,
-                    skipped_files=skipped, drawn_pairs=drawn)
+                    skipped_files=skipped, drawn_pairs=drawn, alignment=alignment)
 
 
-def _pairs_file_verification(config, progress: bool) -> Verification:
-    """The pairs of `config.pairs`, an LFW-style file over the images under its folder."""
+def _pairs_file_verification(config, alignment: dict, progress: bool) -> Verification:
+    """The pairs of `config.pairs`, an LFW-style file over the images under its folder; with
+    `data.align`, what the face search found goes into `alignment["verification"]`."""
     pairs_path = pathlib.Path(config.pairs)
     pairs = PairsSource(str(pairs_path.parent), str(pairs_path),
-                        crop_box=tuple(config.crop_box) or None, image_size=config.image_size)
-    source = materialize(pairs, desc="decoding verification pairs", progress=progress)
+                        crop_box=tuple(config.crop_box) or None,
+                        image_size=None if config.align != "none" else config.image_size)
+    images = pairs
+    if config.align != "none":
+        # Every pair must count, as the protocol has it: a photo without a face is resized.
+        images = aligned(pairs, config, on_failure="resize", progress=progress)
+        alignment["verification"] = alignment_summary(images, pairs.paths, "resized whole")
+    source = materialize(images, desc="decoding verification pairs", progress=progress)
     idx_a, idx_b, issame, folds = pairs.pair_indices
     return Verification(source, idx_a, idx_b, issame, folds)
 
@@ -201,14 +239,16 @@ _OTHER_VERIFICATION = ("Give data.pairs or data.verification_bins instead, or se
                        "data.holdout_identities=0 (no verification)")
 
 
-def _drawn_verification(config, folder, held_out: np.ndarray, skip, progress: bool
-                        ) -> tuple[Verification, list[Pair], list[str]]:
+def _drawn_verification(config, folder, photos, photo_index: np.ndarray, held_out: np.ndarray,
+                        skip, progress: bool) -> tuple[Verification, list[Pair], list[str]]:
     """Balanced pairs (10 folds) drawn among the images of the `held_out` identities.
+
+    `photos` is `folder` or its aligned faces, whose record k is `folder`'s `photo_index[k]`.
 
     Returns:
       (the verification set, its pairs as a pairs file names them, unreadable files left out).
     """
-    source = materialize(folder, np.flatnonzero(np.isin(folder.labels, held_out)),
+    source = materialize(photos, np.flatnonzero(np.isin(folder.labels[photo_index], held_out)),
                          desc="decoding held-out identities", progress=progress, skip=skip)
     most = max_pairs_per_fold(source.labels)
     wanted = config.num_verification_pairs // (2 * NUM_FOLDS)
@@ -229,7 +269,7 @@ def _drawn_verification(config, folder, held_out: np.ndarray, skip, progress: bo
         format_pairs(pairs)  # a name that a pairs file cannot hold stops the run here
     except ValueError as error:
         raise ValueError(f"{error}. {_OTHER_VERIFICATION}") from None
-    skipped = [folder.paths[index] for index in source.skipped]
+    skipped = [folder.paths[photo_index[index]] for index in source.skipped]
     return Verification(source, idx_a, idx_b, issame, folds), pairs, skipped
 
 

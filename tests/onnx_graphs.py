@@ -24,11 +24,12 @@ def _quantize_blocked(w_2d: np.ndarray, block: int, rng) -> tuple:
     return q, scale, zero
 
 
-def tiny_recognizer(*, seed: int = 0, extra_node=None):
-    """A `onnx.ModelProto` mapping [N, 3, 16, 16] 0-255 RGB to [N, 6] embeddings.
+def tiny_recognizer(*, seed: int = 0, extra_node=None, size: int = SIZE):
+    """A `onnx.ModelProto` mapping [N, 3, size, size] 0-255 RGB to [N, 6] embeddings.
 
     Args:
       seed: seeds every weight.
+      size: the input side (even; 16 by default, 32 for a run's smallest `data.image_size`).
       extra_node: an optional `NodeProto` appended before the output (for error tests); it reads
         "emb_bn" and must write "extra".
     """
@@ -87,8 +88,9 @@ def tiny_recognizer(*, seed: int = 0, extra_node=None):
     nodes.append(helper.make_node("Dropout", ["sum3", "ratio"], ["drop"], name="dropout"))
     nodes.append(helper.make_node("Flatten", ["drop"], ["flat"], name="flatten"))
 
-    # pre_fc1: 512 -> 6, weight int8 per axis 0 (one scale per output row).
-    add("fc_q", rng.integers(-128, 128, (EMBEDDING_DIM, 512)).astype(np.int8))
+    # pre_fc1: 8 x (size / 2)^2 -> 6, weight int8 per axis 0 (one scale per output row).
+    flat = 8 * (size // 2) ** 2
+    add("fc_q", rng.integers(-128, 128, (EMBEDDING_DIM, flat)).astype(np.int8))
     add("fc_s", rng.uniform(0.0005, 0.002, EMBEDDING_DIM).astype(np.float32))
     nodes.append(helper.make_node("DequantizeLinear", ["fc_q", "fc_s"], ["fc_w"],
                                   name="fc_dequant", axis=0))
@@ -100,7 +102,7 @@ def tiny_recognizer(*, seed: int = 0, extra_node=None):
         nodes.append(extra_node)
         output = "extra"
 
-    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, SIZE, SIZE]),
+    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, size, size]),
               # Listed but read by no node, as in OpenCV Zoo's int8 files.
               helper.make_tensor_value_info("w1_float", TensorProto.FLOAT, [8, 3, 3, 3])]
     outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", None])]

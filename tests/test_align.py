@@ -371,6 +371,47 @@ def test_aligned_source_in_error_mode_raises_on_the_failing_record(detector, pho
     np.testing.assert_array_equal(clone[0]["image"], source[0]["image"])
 
 
+def test_aligned_source_resizes_photos_without_a_face_and_counts_outcomes(detector, photos):
+    source = AlignedSource(photos, detector=detector, multiple="largest", on_failure="resize",
+                           progress=False)
+    assert len(source) == 4 and source.indices.tolist() == [0, 1, 2, 3]
+    assert source.failures == {1: Outcome.NO_FACE}
+    assert source.outcomes == {Outcome.ALIGNED: 2, Outcome.NO_FACE: 1,
+                               Outcome.LARGEST_OF_SEVERAL: 1}
+    blank = source[1]
+    assert blank["image"].shape == (112, 112, 3) and np.all(blank["image"] == 0)
+    assert np.all(np.isnan(blank["landmarks"]))
+    np.testing.assert_array_equal(source[0]["image"],
+                                  align_image(photos[0]["image"], detector).faces[0])
+
+
+def test_face_data_aligns_training_and_pair_photos_when_decoded(detector, lfw_images, tmp_path):
+    from cure_jax.config import DataConfig
+    from data_pipelines.datasets import load_face_data
+
+    faces = list(lfw_images.values())
+    root = tmp_path / "lfw"
+    files = {"Ann": [faces[0], faces[2]], "Ben": [faces[1], np.zeros((128, 128, 3), np.uint8)]}
+    for name, images in files.items():
+        (root / "images" / name).mkdir(parents=True)
+        for k, image in enumerate(images, start=1):
+            Image.fromarray(image).save(root / "images" / name / f"{name}_{k:04d}.jpg")
+    (root / "pairs.txt").write_text("1 1\nAnn 1 2\nAnn 1 Ben 2\n")
+    data = load_face_data(DataConfig(source="folder", root=str(root / "images"),
+                                     pairs=str(root / "pairs.txt"), image_size=112,
+                                     align="yunet", holdout_per_identity=0.0), progress=False)
+    # Training: the blank photo is left out; pairs: it stays, resized, so both pairs count.
+    assert len(data.records) == 3 and data.records.images.shape[1:] == (112, 112, 3)
+    decoded = np.asarray(Image.open(root / "images" / "Ann" / "Ann_0001.jpg").convert("RGB"))
+    np.testing.assert_array_equal(data.records.images[0], align_image(decoded, detector).faces[0])
+    assert len(data.verification.source) == 3 and len(data.verification.issame) == 2
+    blank = str(root / "images" / "Ben" / "Ben_0002.jpg")
+    assert data.alignment["train"]["without_face_files"] == [blank]
+    assert data.alignment["train"]["without_face"] == "left out"
+    assert data.alignment["verification"]["without_face_files"] == [blank]
+    assert data.alignment["verification"]["outcomes"] == {"aligned": 2, "no_face": 1}
+
+
 def test_aligned_source_rejects_bad_choices(detector, photos):
     with pytest.raises(ValueError, match="one face per record"):
         AlignedSource(photos, detector=detector, multiple="all")

@@ -44,7 +44,7 @@ def main() -> None:
     # The teacher step donates its state: the backbone for CURE gets its own copy first.
     backbone_graphs, backbone = teacher.Teacher(graphs, *jax.tree.map(
         jnp.copy, (params, stats))).backbone()
-    tx = optim.make_optimizer(config.teacher, 100)
+    tx = optim.make_optimizer(config.teacher, 100, params)  # frozen layers as in training
     teacher_step = teacher.make_train_step(graphs.train, tx, config.model,
                                            optim.lr_schedule(config.teacher, 100))
     images = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
@@ -67,7 +67,8 @@ def main() -> None:
         context = UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
                                  forget=forget, retain=retain, mesh=mesh,
                                  folder=pathlib.Path(folder))
-        cure_tx = optim.make_optimizer(config.student, 10)
+        cure_tx = optim.make_optimizer(config.student, 10, {"backbone": backbone.params,
+                                                             "head": jnp.zeros(())})
         for per_side in (batch, batch // 2):
             step = cure.make_cure_step(backbone_graphs, cure_tx, config.cure,
                                        optim.lr_schedule(config.student, 10),

@@ -28,7 +28,7 @@ def bench_step(config, steps: int, num_classes: int) -> tuple[float, float]:
     model = backbone.build_model(config.model, num_classes=num_classes,
                                 image_size=config.data.image_size, seed=0)
     graphs, params, stats = backbone.split_model(model)
-    tx = optim.make_optimizer(config.teacher, 100)
+    tx = optim.make_optimizer(config.teacher, 100, params)  # frozen layers as in training
     state = sharding.replicate(teacher.init_state(params, stats, tx), mesh)
     step = teacher.make_train_step(graphs.train, tx, config.model,
                                    optim.lr_schedule(config.teacher, 100))

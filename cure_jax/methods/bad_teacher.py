@@ -2,7 +2,8 @@
 on the forget set and the competent one on the retain set.
 
 The incompetent teacher is a randomly initialised backbone of the same architecture (seeded by
-`unlearn.seed`), in evaluation mode. It is frozen, so its embeddings of the forget images (both
+`unlearn.seed`; for a pretrained teacher, the file's architecture with fresh weights), in
+evaluation mode. It is frozen, so its embeddings of the forget images (both
 orientations) are computed once, before training, and kept in the method's folder: the step then
 only runs the student. Data: the forget set plus a random `bad_teacher.retain_share` of the retain
 set, shuffled together; every image carries the embedding of the teacher it must follow, and the
@@ -61,7 +62,7 @@ def incompetent_embeddings(context: UnlearnContext) -> tuple[np.ndarray, np.ndar
     config = context.config
     images = context.forget.images
     model = build_model(config.model, num_classes=1, image_size=images.shape[1],
-                        seed=config.unlearn.seed + 1)
+                        seed=config.unlearn.seed + 1, random_weights=True)
     graphs, params, batch_stats = split_model(model.backbone)
     source = ArraySource(images, np.zeros(len(images), np.int32))
     return cached_embeddings(context.folder / "incompetent_teacher.npz",

@@ -215,7 +215,9 @@ def unlearn(context: UnlearnContext, *, name: str, cure: CureConfig,
     num_steps = optim.epochs * steps_per_epoch
     refresh_steps = max(1, round(cure.refresh_every * steps_per_epoch))
     schedule = lr_schedule(optim, steps_per_epoch)
-    tx = make_optimizer(optim, steps_per_epoch)
+    # The optimiser needs the parameters' groups (head, backbone, frozen layers), not values.
+    tx = make_optimizer(optim, steps_per_epoch, {"backbone": context.teacher.params,
+                                                 "head": jnp.zeros(())})
     key = jax.random.key(config.unlearn.seed)
     init_key, refresh_key = jax.random.split(key)
     state = initial_state(context, tx, init_key, cure)

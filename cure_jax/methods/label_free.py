@@ -33,6 +33,7 @@ from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.distill import cross_entropy, head_logits
 from cure_jax.methods.base import UnlearnContext, check_batches
 from cure_jax.models.backbone import Backbone, Graphs
+from cure_jax.optim import keep_frozen
 from cure_jax.steps import Prepare, make_step
 from data_pipelines.pipelines import TargetSource, ZipIterator, target_dataset, train_iterator
 
@@ -221,6 +222,7 @@ def run_phases(context: UnlearnContext, *, tx: optax.GradientTransformation,
     """
     config = context.config
     batch_size = config.student.batch_size
+    tx = keep_frozen(tx, context.teacher.params)  # layers kept as imported stay so
     state = initial_state(context, tx, centres_KxD)
     steps = {}
     for index, phase in enumerate(phases):

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from flax import nnx
 
+from cure_jax.models import pretrained
 from cure_jax.models.heads import CosineHead, FaceModel
 from cure_jax.models.iresnet import IResNet
 
@@ -30,12 +31,24 @@ class Backbone(NamedTuple):
     batch_stats: nnx.State
 
 
-def build_model(config, *, num_classes: int, image_size: int, seed: int) -> FaceModel:
-    """A freshly initialised backbone (`config`: a `ModelConfig`) with a margin head over
-    `num_classes` classes."""
+def build_model(config, *, num_classes: int, image_size: int, seed: int,
+                random_weights: bool = False) -> FaceModel:
+    """A backbone (`config`: a `ModelConfig`) with a fresh margin head over `num_classes`
+    classes: a freshly initialised IResNet, or the pretrained file of `model.pretrained` with
+    its frozen layers (`models.pretrained.load_backbone`).
+
+    Args:
+      random_weights: a randomly initialised backbone of the pretrained file's architecture
+        instead of its trained weights (nothing frozen).
+    """
     rngs = nnx.Rngs(params=seed)
-    backbone = IResNet(config.depth, width=config.width, input_size=image_size,
-                       embedding_dim=config.embedding_dim, dropout=config.dropout, rngs=rngs)
+    if config.pretrained and random_weights:
+        backbone = pretrained.random_backbone(config, image_size=image_size, seed=seed)
+    elif config.pretrained:
+        backbone = pretrained.load_backbone(config, image_size=image_size)
+    else:
+        backbone = IResNet(config.depth, width=config.width, input_size=image_size,
+                           embedding_dim=config.embedding_dim, dropout=config.dropout, rngs=rngs)
     return FaceModel(backbone, CosineHead(config.embedding_dim, num_classes, rngs=rngs))
 
 

@@ -13,10 +13,13 @@ Wrap a source that keeps the photos' own size. `ImageFolderSource` does not appl
 orientation, so camera photos stored sideways show no face: align those with
 `python -m cure_jax.align`, which turns them upright first.
 
-A photo without exactly one usable face cannot be a record; `on_failure` says what happens:
+A photo without exactly one usable face cannot be aligned; `on_failure` says what happens:
   "error": nothing runs up front; reading such a record raises `AlignmentError`.
   "drop": every photo is searched once when the source is built; the photos that give no face
     are left out and listed in `failures`, and reading a record only warps (no second search).
+  "resize": as "drop", but such a photo stays, resized whole to the crop size (bilinear), so that
+    records keep the wrapped source's indices (verification pairs refer to them).
+With "drop" and "resize", `outcomes` counts what the search found in every photo.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import operator
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from data_pipelines.align import (
@@ -36,7 +40,7 @@ from data_pipelines.align import (
     warp_face,
 )
 
-ON_FAILURE_CHOICES = ("error", "drop")
+ON_FAILURE_CHOICES = ("error", "drop", "resize")
 # One record is one face: "all" would need a record per face, which a source index cannot give.
 SOURCE_MULTIPLE_CHOICES = ("skip", "largest")
 
@@ -64,12 +68,14 @@ class AlignedSource:
       detector: the face detector; None builds a `YuNetDetector` with its defaults.
       size: side of the aligned faces.
       multiple: photos with several faces: "skip" (no record) or "largest" (its largest face).
-      on_failure: "error" or "drop" (module docstring).
-      progress: show a progress bar for the detection pass of "drop".
+      on_failure: "error", "drop" or "resize" (module docstring).
+      progress: show a progress bar for the detection pass of "drop" and "resize".
 
     Attributes:
       indices: int64 [N] the wrapped source's index of each record.
-      failures: {wrapped index: Outcome} of the photos left out ("drop" only; empty for "error").
+      failures: {wrapped index: Outcome} of the photos without a face to align, left out
+        ("drop") or resized whole ("resize"); empty for "error".
+      outcomes: {Outcome: number of photos} of the detection pass (empty for "error").
 
     Raises:
       ValueError: a setting is not among its choices.
@@ -87,6 +93,7 @@ class AlignedSource:
         self.detector = detector if detector is not None else YuNetDetector()
         self.size, self.multiple, self.on_failure = size, multiple, on_failure
         self.failures: dict[int, Outcome] = {}
+        self.outcomes: dict[Outcome, int] = {}
         self._landmarks: np.ndarray | None = None  # float32 [N, 5, 2], "drop" only
         if on_failure == "error":
             self.indices = np.arange(len(source), dtype=np.int64)
@@ -94,17 +101,22 @@ class AlignedSource:
             self._scan(progress=progress)
 
     def _scan(self, *, progress: bool) -> None:
-        """Searches every photo once; keeps the landmarks of those that give a face."""
+        """Searches every photo once; keeps the landmarks of those that give a face (NaN for a
+        photo kept without one, "resize")."""
         kept, landmarks = [], []
         for index in tqdm(range(len(self.source)), desc="detecting faces", disable=not progress,
                           leave=False):
             detections = self.detector.detect(self.source[index]["image"])
             outcome, chosen = choose_faces(detections, multiple=self.multiple)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if len(chosen):
                 kept.append(index)
                 landmarks.append(detections.landmarks[chosen[0]])
-            else:
-                self.failures[index] = outcome
+                continue
+            self.failures[index] = outcome
+            if self.on_failure == "resize":
+                kept.append(index)
+                landmarks.append(np.full((5, 2), np.nan, np.float32))
         self.indices = np.asarray(kept, dtype=np.int64)
         self._landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
 
@@ -119,7 +131,8 @@ class AlignedSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The record with "image" the aligned face (uint8 [S, S, 3]) and "landmarks" (float32
-        [5, 2], in the photo's pixels) added; every other key of the wrapped record is kept.
+        [5, 2], in the photo's pixels; NaN for a photo resized whole) added; every other key of
+        the wrapped record is kept.
 
         Raises:
           IndexError: `index` outside [0, len).
@@ -132,7 +145,8 @@ class AlignedSource:
         record = dict(self.source[source_index])
         if self._landmarks is not None:
             landmarks = self._landmarks[index]
-            face = warp_face(record["image"], landmarks, size=self.size)
+            face = (warp_face(record["image"], landmarks, size=self.size)
+                    if np.all(np.isfinite(landmarks)) else self._resized(record["image"]))
         else:
             result = align_image(record["image"], self.detector, size=self.size,
                                  multiple=self.multiple)
@@ -142,3 +156,8 @@ class AlignedSource:
         record["image"] = face
         record["landmarks"] = np.asarray(landmarks, np.float32)
         return record
+
+    def _resized(self, image: np.ndarray) -> np.ndarray:
+        """The whole photo at the crop size (bilinear), for a photo without a face ("resize")."""
+        pil = Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return np.asarray(pil, dtype=np.uint8)

@@ -67,6 +67,11 @@ def _entries(model: IResNet) -> dict[str, tuple[nnx.Variable, str]]:
     return entries
 
 
+def variables_by_key(model: IResNet) -> dict[str, nnx.Variable]:
+    """{arcface_torch key: our variable} of every tensor of `model`, in forward order."""
+    return {key: variable for key, (variable, _) in _entries(model).items()}
+
+
 def stage_counts(model: IResNet) -> tuple[int, ...]:
     """Blocks per stage: a stage opens with the block whose stride is 2."""
     starts = [k for k, block in enumerate(model.blocks) if block.conv2.strides == 2]
