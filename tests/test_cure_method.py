@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cure_jax import clustering, sharding
 from cure_jax import config as config_lib
 from cure_jax.embeddings import make_embed_fn
 from cure_jax.losses.common import cosine
@@ -98,6 +99,19 @@ def test_initial_clusters_come_from_the_teacher_and_refresh_resets_the_head(tmp_
         SMOKE, ["cure.head_reset=keep"]))
     kept = cure.make_refresh(keep, jax.random.key(1))(moved)
     assert float(jnp.abs(kept.params["head"]).max()) == 0.0
+
+
+def test_refresh_reuses_the_initial_clusterings_compilation(tmp_path):
+    # The training state lives on the mesh; the refresh's k-means inputs must be placed as the
+    # initial clustering's were, or every refresh of a run compiles k-means again.
+    context = _context(tmp_path)
+    tx = make_optimizer(context.config.student, 3)
+    state = sharding.replicate(cure.initial_state(context, tx, jax.random.key(0)), context.mesh)
+    jitted = (clustering._kmeans_jit, clustering._assign_jit, clustering.farthest_cluster_map)
+    compiled = [fn._cache_size() for fn in jitted]
+    refresh = cure.make_refresh(context, jax.random.key(1))
+    state = refresh(refresh(state._replace(step=state.step + 3)))
+    assert [fn._cache_size() for fn in jitted] == compiled
 
 
 def test_requests_the_method_cannot_serve_are_refused(tmp_path):

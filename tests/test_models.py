@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cure_jax.config import ModelConfig
 from cure_jax.losses.common import l2_normalize
-from cure_jax.models.heads import CosineHead, cosine_logits
+from cure_jax.models.backbone import build_model
+from cure_jax.models.heads import CosineHead, FaceModel, cosine_logits
 from cure_jax.models.iresnet import DEPTHS, IResNet
 
 
@@ -76,3 +78,42 @@ def test_cosine_head_is_scale_invariant():
     cos = cosine_logits(emb, emb)
     np.testing.assert_allclose(jnp.diag(cos), 1.0, rtol=1e-5)
     assert np.all(np.isfinite(jax.grad(lambda v: l2_normalize(v).sum())(jnp.zeros(4))))
+
+
+class _BackendCompiles:
+    """Counts XLA compilations while active (a jax.monitoring listener stays registered)."""
+
+    active: list | None = None
+
+    @classmethod
+    def listen(cls, event, duration, **kwargs):
+        del duration, kwargs
+        if cls.active is not None and event == "/jax/core/compile/backend_compile_duration":
+            cls.active.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_BackendCompiles.listen)
+
+
+@pytest.mark.parametrize("depth,width,size,dim,classes", [
+    ("r18", 0.125, 32, 32, 8),
+    pytest.param("r34", 0.25, 64, 128, 200, marks=pytest.mark.slow)])
+def test_build_model_is_one_compile_with_the_op_by_op_arrays(depth, width, size, dim, classes):
+    config = ModelConfig(depth=depth, width=width, embedding_dim=dim)
+    jax.random.key(0)  # the seed-to-key program, compiled once per process
+    _BackendCompiles.active = []
+    try:
+        built = build_model(config, num_classes=classes, image_size=size, seed=3)
+        compiles = len(_BackendCompiles.active)
+    finally:
+        _BackendCompiles.active = None
+    assert compiles == 1
+    # The modules constructed op by op: one `jax.random.normal` per kernel, as before batching.
+    rngs = nnx.Rngs(params=3)
+    reference = FaceModel(IResNet(depth, width=width, input_size=size, embedding_dim=dim,
+                                  rngs=rngs), CosineHead(dim, classes, rngs=rngs))
+    ours, theirs = nnx.state(built), nnx.state(reference)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs),
+                            strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)

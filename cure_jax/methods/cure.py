@@ -185,7 +185,10 @@ def make_refresh(context: UnlearnContext, key: jax.Array, config: CureConfig | N
         emb = embed_pass(embed, state.params["backbone"], state.batch_stats, images,
                          batch_size=context.config.eval.batch_size, mesh=context.mesh,
                          mirrored=False)
-        centroids, _, labels = cluster_forget(jax.random.fold_in(key, state.step),
+        # The step as a host integer: a key folded with the replicated device counter would be
+        # placed on the mesh, and k-means (compiled for the initial clusters' unplaced inputs)
+        # would compile again for it. Same key value either way.
+        centroids, _, labels = cluster_forget(jax.random.fold_in(key, int(state.step)),
                                               l2_normalize(jnp.asarray(emb)), cure)
         head = jnp.copy(centroids) if cure.head_reset == "centroids" else state.params["head"]
         params = {"backbone": state.params["backbone"], "head": head}

@@ -24,8 +24,10 @@ class CosineHead(nnx.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         # arcface_torch initialises the centres with N(0, 0.01); only their direction matters.
-        self.centres = nnx.Param(0.01 * jax.random.normal(rngs.params(),
-                                                          (num_classes, embedding_dim)))
+        draw = jax.random.normal(rngs.params(), (num_classes, embedding_dim))
+        # The barrier keeps the scaling its own operation under `jax.jit`, as it is op by op:
+        # fused into the draw, it rounds differently (1 ulp), and a jitted build would differ.
+        self.centres = nnx.Param(0.01 * jax.lax.optimization_barrier(draw))
 
     def __call__(self, emb_BxD: jax.Array) -> jax.Array:
         return cosine_logits(emb_BxD, self.centres[...])

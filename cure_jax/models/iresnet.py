@@ -21,7 +21,8 @@ DEPTHS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100"
 STAGE_CHANNELS = (64, 128, 256, 512)
 INPUT_SIZES = (32, 64, 112)  # 32 is for tests only; 112 is the insightface standard
 
-_conv_init = nnx.initializers.normal(0.1)  # arcface_torch: nn.init.normal_(conv.weight, 0, 0.1)
+CONV_INIT_STDDEV = 0.1  # arcface_torch: nn.init.normal_(conv.weight, 0, 0.1)
+_conv_init = nnx.initializers.normal(CONV_INIT_STDDEV)
 _PAD1 = ((1, 1), (1, 1))  # explicit, to match PyTorch's padding=1 for stride-2 convolutions too
 
 
@@ -30,10 +31,11 @@ def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True) -> nnx.BatchNo
     return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, rngs=rngs)
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs,
+          init: nnx.Initializer = _conv_init) -> nnx.Conv:
     padding = _PAD1 if kernel == 3 else ((0, 0), (0, 0))
     return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding, use_bias=False,
-                    kernel_init=_conv_init, rngs=rngs)
+                    kernel_init=init, rngs=rngs)
 
 
 class PReLU(nnx.Module):
@@ -49,15 +51,16 @@ class PReLU(nnx.Module):
 class IBasicBlock(nnx.Module):
     """The insightface residual block (BN-conv-BN-PReLU-conv-BN plus shortcut)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs,
+                 conv_init: nnx.Initializer = _conv_init):
         self.bn1 = _bn(cin, rngs)
-        self.conv1 = _conv(cin, cout, 3, 1, rngs)
+        self.conv1 = _conv(cin, cout, 3, 1, rngs, conv_init)
         self.bn2 = _bn(cout, rngs)
         self.prelu = PReLU(cout)
-        self.conv2 = _conv(cout, cout, 3, stride, rngs)
+        self.conv2 = _conv(cout, cout, 3, stride, rngs, conv_init)
         self.bn3 = _bn(cout, rngs)
         if stride != 1 or cin != cout:
-            self.down_conv = _conv(cin, cout, 1, stride, rngs)
+            self.down_conv = _conv(cin, cout, 1, stride, rngs, conv_init)
             self.down_bn = _bn(cout, rngs)
         else:
             self.down_conv = None
@@ -78,7 +81,10 @@ class IResNet(nnx.Module):
     """IResNet backbone mapping images [B, S, S, 3] to raw embeddings [B, embedding_dim]."""
 
     def __init__(self, depth: str = "r18", *, width: float = 1.0, input_size: int = 112,
-                 embedding_dim: int = 512, dropout: float = 0.0, rngs: nnx.Rngs):
+                 embedding_dim: int = 512, dropout: float = 0.0, rngs: nnx.Rngs,
+                 conv_init: nnx.Initializer = _conv_init):
+        """`conv_init(key, shape, dtype)` draws the convolution kernels (arcface_torch's
+        N(0, 0.1^2) by default)."""
         if depth not in DEPTHS:
             raise ValueError(f"unknown IResNet depth {depth!r}; valid: {', '.join(DEPTHS)}")
         if input_size not in INPUT_SIZES:
@@ -86,14 +92,15 @@ class IResNet(nnx.Module):
         if width <= 0:
             raise ValueError(f"width={width} must be positive")
         channels = [max(8, int(round(c * width))) for c in STAGE_CHANNELS]
-        self.stem_conv = _conv(3, channels[0], 3, 1, rngs)
+        self.stem_conv = _conv(3, channels[0], 3, 1, rngs, conv_init)
         self.stem_bn = _bn(channels[0], rngs)
         self.stem_prelu = PReLU(channels[0])
         blocks = []
         cin = channels[0]
         for cout, count in zip(channels, DEPTHS[depth], strict=True):
             for i in range(count):
-                blocks.append(IBasicBlock(cin, cout, 2 if i == 0 else 1, rngs=rngs))
+                blocks.append(IBasicBlock(cin, cout, 2 if i == 0 else 1, rngs=rngs,
+                                          conv_init=conv_init))
                 cin = cout
         self.blocks = nnx.List(blocks)
         self.final_bn = _bn(cin, rngs)
