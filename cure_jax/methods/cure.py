@@ -76,7 +76,7 @@ class CureConfig:
     clustering: Literal["kmeans", "gmm", "dbscan"] = "kmeans"
     # DBSCAN's neighbourhood in cosine distance (1 - cos) and core size (ours; chosen on the
     # default teacher's forget embeddings, docs/interpretations.md).
-    dbscan_eps: Annotated[float, Range(0.0, 2.0, low_open=True)] = 0.3
+    dbscan_eps: Annotated[float, Range(0.0, 2.0, low_open=True)] = 0.2
     dbscan_min_samples: Count = 5
 
 
