@@ -90,3 +90,13 @@ def test_cure_pseudo_labels_are_the_farthest_found_cluster(clustering):
     distance = ((centroids[:found, None] - centroids[None, :found]) ** 2).sum(-1)
     np.fill_diagonal(distance, -np.inf)
     np.testing.assert_array_equal(labels, distance.argmax(axis=1)[nearest])
+
+
+def test_a_dbscan_core_larger_than_the_forget_set_is_refused_before_training():
+    from cure_jax import config as config_lib
+
+    config = config_lib.apply_overrides(config_lib.Config(), ["cure.clustering=dbscan",
+                                                              "cure.dbscan_min_samples=700"])
+    with pytest.raises(ValueError, match="cure.dbscan_min_samples=700"):
+        cure.check_request(config, 640, 5760)
+    cure.check_request(config_lib.apply_overrides(config, ["cure.clustering=gmm"]), 640, 5760)
