@@ -117,8 +117,8 @@ def plan(config, workdir: pathlib.Path, chosen: tuple[Ablation, ...],
 def paired_ues_change(runs: list[dict], references: list[dict]) -> seeds.Spread:
     """UES of an ablation minus full CURE's, seed by seed (the same request in both), over the
     seeds: a paired difference, free of the spread that the requests themselves cause."""
-    return seeds.spread([run["ues"] - ref["ues"] for run, ref in zip(runs, references,
-                                                                     strict=True)])
+    return seeds.paired_difference([run["ues"] for run in runs],
+                                   [ref["ues"] for ref in references])
 
 
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:

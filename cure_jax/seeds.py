@@ -95,6 +95,12 @@ def spread(values: list[float]) -> Spread:
     return Spread(float(np.mean(finite)), std, tuple(float(v) for v in values))
 
 
+def paired_difference(values_a: list[float], values_b: list[float]) -> Spread:
+    """`a - b` seed by seed (the same request on both sides), over the seeds: free of the spread
+    that the requests themselves cause, which an unpaired comparison of two means keeps."""
+    return spread([a - b for a, b in zip(values_a, values_b, strict=True)])
+
+
 # What describes a run rather than measures it: kept as it is while every seed agrees.
 DESCRIPTIVE_KEYS = ("method", "head_scored", "ues_alpha", "forget_identities")
 

@@ -71,3 +71,12 @@ def test_spread_prints_mean_and_std():
     assert str(seeds.Spread(640.0, 0.0, (640.0, 640.0))) == "640"
     assert seeds.mean_of(seeds.Spread(1.0, 2.0, ())) == 1.0 and seeds.mean_of(3.0) == 3.0
     assert seeds.std_of(seeds.Spread(1.0, 2.0, ())) == 2.0 and seeds.std_of(3.0) == 0.0
+
+
+def test_paired_difference_removes_what_the_requests_share():
+    hard_easy = [0.10, 0.30, 0.50]  # requests of very different difficulty
+    better = [v + 0.02 for v in hard_easy]
+    change = seeds.paired_difference(better, hard_easy)
+    assert change.mean == pytest.approx(0.02) and change.std == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        seeds.paired_difference([0.1], [0.1, 0.2])
