@@ -237,6 +237,8 @@ def _coerce(key: str, text: str, kind: Any) -> Any:
             return float(text)
         if kind is str:
             return text
+    except ConfigError:
+        raise  # an item of a tuple, already named
     except ValueError:
         name = getattr(kind, "__name__", str(kind))
         raise ConfigError(f"{key}={text!r}: not a valid {name}") from None

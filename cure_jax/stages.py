@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -64,6 +65,16 @@ def check_folder(folder: pathlib.Path, config: config_lib.Config,
             f"{folder} holds a run made with other settings ({values}). To resume that run, "
             "use its settings again; to start fresh, use another --workdir or delete "
             f"{folder}.")
+
+
+def check_writable(folder: pathlib.Path) -> None:
+    """Raises ConfigError when `folder` cannot become a run folder (a file stands there, or the
+    nearest existing parent cannot be written)."""
+    if folder.exists() and not folder.is_dir():
+        raise config_lib.ConfigError(f"--workdir {folder} is a file, not a folder")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise config_lib.ConfigError(f"--workdir {folder}: {existing} cannot be written")
 
 
 def write_folder_config(folder: pathlib.Path, config: config_lib.Config) -> None:
@@ -128,6 +139,7 @@ def start(config, workdir: pathlib.Path, method_names: list[str],
       ConfigError, ValueError, FileNotFoundError: naming what is wrong.
     """
     mesh = sharding.make_mesh(config.run.num_devices)
+    check_writable(workdir)
     check_folder(workdir, config, TEACHER_KEYS)
     for name in method_names:
         methods.get_method(name)  # a bad name fails first

@@ -250,3 +250,12 @@ def test_a_binary_pairs_file_is_named(tmp_path):
     path.write_bytes(bytes(range(256)))
     with pytest.raises(ValueError, match=f"{path}: not a text pairs file"):
         read_pairs(path)
+
+
+def test_a_file_as_workdir_and_a_bad_tuple_item_are_named(tmp_path, capsys):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    assert train.main(["--config", "smoke", "--workdir", str(path)]) == 1
+    assert f"--workdir {path} is a file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="teacher.milestones='a': not a valid float"):
+        config_lib.apply_overrides(SMOKE, ["teacher.milestones=a,b"])
