@@ -27,6 +27,15 @@ def run_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """`--seeds 0,1,2`: run every unlearning once per `unlearn.seed` (cure_jax/seeds.py)."""
+    parser.add_argument("--seeds", default=None, metavar="K,K,...",
+                        help="run each unlearning once per seed (unlearn.seed: the request draw "
+                             "and the unlearning run; one teacher) in <workdir>/seed<k>/, and "
+                             "report mean ± standard deviation; default: one run with the "
+                             "config's seed, in <workdir>/")
+
+
 def load_run_config(args) -> tuple[config_lib.Config, pathlib.Path]:
     """The config of `--config` with the `--set` overrides applied, and the run folder.
 

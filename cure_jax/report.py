@@ -6,15 +6,27 @@ import math
 
 import numpy as np
 
+from cure_jax.seeds import Spread, mean_of, std_of
 
-def _pct(value) -> str:
+
+def pct_cell(value) -> str:
+    """A fraction as a table cell in %; a `Spread` over seeds as `mean ± std`; "-" for none."""
+    if isinstance(value, Spread):
+        return "-" if math.isnan(value.mean) else f"{_pct(value.mean)} ± {_pct(value.std)}"
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
         f"{100 * value:.2f}")
 
 
-def _num(value, digits: int = 4) -> str:
+def num_cell(value, digits: int = 4) -> str:
+    """A number as a table cell; a `Spread` over seeds as `mean ± std`; "-" for none."""
+    if isinstance(value, Spread):
+        return ("-" if math.isnan(value.mean) else
+                f"{_num(value.mean, digits)} ± {_num(value.std, digits)}")
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
         f"{value:.{digits}f}")
+
+
+_pct, _num = pct_cell, num_cell
 
 
 OWN_SPACE_NOTE = (
@@ -189,9 +201,11 @@ def _rows(results: dict, cells) -> list[list[str]]:
     return rows
 
 
-def comparison_report(results: dict, *, title: str) -> str:
+def comparison_report(results: dict, *, title: str, note: str = "") -> str:
     """comparison.md: the papers' Tables 1 and 2, retrieval and membership inference, with the
-    wall time of each method. `results` maps method name to its metrics.json."""
+    wall time of each method. `results` maps method name to its metrics.json, or to the
+    `seeds.aggregate` of several (each value then reads `mean ± std`); `note` follows the
+    opening paragraph."""
     retrain = results.get("retrain")
 
     def table1(m, when, name):
@@ -220,7 +234,8 @@ def comparison_report(results: dict, *, title: str) -> str:
         value = m.get(f"mia_{when}")
         if mia_reference is None:
             return [_pct(value)]
-        gap = "-" if value is None or name is None else f"{100 * (value - mia_reference):+.2f}"
+        gap = ("-" if value is None or name is None else
+               f"{100 * (mean_of(value) - mean_of(mia_reference)):+.2f}")
         return [_pct(value), gap]
 
     own_space = [name for name, m in results.items() if not m.get("head_scored", 1.0)]
@@ -236,7 +251,7 @@ def comparison_report(results: dict, *, title: str) -> str:
         f"{first.get('ues_alpha', 0.5)}." + (
             f" {', '.join(own_space)}: its own embedding space, so the values read through the "
             "teacher's class centres are left out ('-'); its verification and retrieval stand."
-            if own_space else ""),
+            if own_space else "") + (f" {note}" if note else ""),
         "",
         "## Table 1: accuracy",
         "",
@@ -289,42 +304,75 @@ def _files_rows(results: dict) -> str:
     return table(["model", "verification", "file", "sha256"], rows)
 
 
+def axis_limits(centres, errors=None, *, pad: float = 0.08, low: float = 0.0,
+                high: float = 100.0, min_span: float = 4.0) -> tuple[float, float]:
+    """Axis limits that show every point with its error bar, whatever the scale of the data.
+
+    Args:
+      centres: the points' coordinates on this axis.
+      errors: their error-bar half-widths (default none).
+      pad: the margin on each side, as a fraction of the span.
+      low, high: the range the quantity can take; the limits stay within it, pad included.
+      min_span: the smallest span shown (points that coincide still get an axis).
+
+    Returns:
+      (lower, upper).
+    """
+    centres = np.asarray(centres, np.float64)
+    errors = np.zeros_like(centres) if errors is None else np.asarray(errors, np.float64)
+    lo, hi = float(np.min(centres - errors)), float(np.max(centres + errors))
+    if hi - lo < min_span:
+        middle = (lo + hi) / 2
+        lo, hi = middle - min_span / 2, middle + min_span / 2
+    margin = pad * (hi - lo)
+    return max(low - margin / 2, lo - margin), min(high + margin / 2, hi + margin)
+
+
 def plot_comparison(results: dict, path, *, title: str) -> None:
     """Two panels for every method: forget against retain accuracy with UES contour lines (the
     methods scored through the teacher's centres), and forget against retain retrieval mAP (all
-    methods, retraining included)."""
+    methods, retraining included). Each panel's axes fit its points; over several seeds
+    (`seeds.Spread` values) each point is the mean with a standard-deviation error bar each way,
+    and the contours use the mean accuracies before."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     first = next(iter(results.values()))
-    f0, r0 = first["forget_acc_before"], first["retain_acc_before"]
+    f0, r0 = mean_of(first["forget_acc_before"]), mean_of(first["retain_acc_before"])
     alpha = first.get("ues_alpha", 0.5)
     fig, (ax_acc, ax_map) = plt.subplots(1, 2, figsize=(13, 6))
-    grid_f, grid_r = np.meshgrid(np.linspace(0, 1, 201), np.linspace(0, 1, 201))
-    ues = alpha * (f0 - grid_f) / f0 - (1 - alpha) * (r0 - grid_r) / r0
-    contours = ax_acc.contour(100 * grid_f, 100 * grid_r, ues, levels=np.arange(-0.5, 0.55, 0.1),
-                              colors="0.7", linewidths=0.8)
-    ax_acc.clabel(contours, fmt="UES %.1f", fontsize=7)
     panels = ((ax_acc, "forget_acc", "retain_acc", "accuracy"),
               (ax_map, "forget_map", "retain_map", "retrieval mAP"))
     # One colour per method in both panels.
     colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(results)}
     for ax, forget_key, retain_key, what in panels:
-        before = (100 * first[f"{forget_key}_before"], 100 * first[f"{retain_key}_before"])
-        ax.scatter(*before, marker="*", s=150, color="black", zorder=3)
-        ax.annotate("teacher", before, textcoords="offset points", xytext=(5, 5))
-        for name, m in results.items():
-            if f"{forget_key}_after" not in m:
-                continue
-            point = (100 * m[f"{forget_key}_after"], 100 * m[f"{retain_key}_after"])
-            ax.scatter(*point, s=40, zorder=3, color=colours[name])
-            ax.annotate(name, point, textcoords="offset points", xytext=(5, -10), fontsize=8)
+        points = {"teacher": (first[f"{forget_key}_before"], first[f"{retain_key}_before"])}
+        points.update({name: (m[f"{forget_key}_after"], m[f"{retain_key}_after"])
+                       for name, m in results.items() if f"{forget_key}_after" in m})
+        xs, ys = ([100 * mean_of(p[i]) for p in points.values()] for i in (0, 1))
+        dxs, dys = ([100 * std_of(p[i]) for p in points.values()] for i in (0, 1))
+        for (name, _), x, y, dx, dy in zip(points.items(), xs, ys, dxs, dys, strict=True):
+            teacher = name == "teacher"
+            ax.errorbar(x, y, xerr=dx or None, yerr=dy or None, fmt="*" if teacher else "o",
+                        markersize=13 if teacher else 6, capsize=3, zorder=3,
+                        color="black" if teacher else colours[name])
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax.set_xlim(*axis_limits(xs, dxs))
+        ax.set_ylim(*axis_limits(ys, dys))
         ax.set_xlabel(f"forget {what} (%)  (lower is better)")
         ax.set_ylabel(f"retain {what} (%)  (higher is better)")
-        ax.set_xlim(-2, 102)
-        ax.set_ylim(-2, 102)
+    # UES over the visible part of the accuracy panel; the levels fit what is in view.
+    limits = ax_acc.get_xlim(), ax_acc.get_ylim()
+    grid_f, grid_r = np.meshgrid(np.linspace(*limits[0], 201) / 100,
+                                 np.linspace(*limits[1], 201) / 100)
+    ues = alpha * (f0 - grid_f) / f0 - (1 - alpha) * (r0 - grid_r) / r0
+    contours = ax_acc.contour(100 * grid_f, 100 * grid_r, ues, levels=8, colors="0.7",
+                              linewidths=0.8)
+    ax_acc.clabel(contours, fmt="UES %.2f", fontsize=7)
+    ax_acc.set_xlim(*limits[0])  # contour() widens the view to its grid's margins
+    ax_acc.set_ylim(*limits[1])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

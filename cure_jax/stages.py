@@ -145,17 +145,32 @@ def preflight(config, data, mesh) -> None:
             "training images; lower it")
 
 
+class Job(NamedTuple):
+    """One unlearning run besides the plain `<workdir>/<method>` ones: another seed, an
+    ablation. It shares the workdir's teacher."""
+
+    config: object  # the run's Config: `unlearn.method`, its seed and its overrides set
+    folder: pathlib.Path  # where the run keeps its checkpoints, metrics and report
+    label: str  # its name in messages and report titles
+
+
 class Start(NamedTuple):
     """What a run needs once every check has passed."""
 
     mesh: object
     data: object  # FaceData
     splits: dict  # method name -> RequestSplit
+    job_splits: tuple = ()  # the RequestSplit of each of `start`'s jobs, in order
 
 
-def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
+def start(config, workdir: pathlib.Path, method_names: list[str],
+          jobs: tuple[Job, ...] = ()) -> Start:
     """Every check a run can make before any work (config, devices, run folders, data, each
     method's request), then the run folder's config: a failed start changes nothing on disk.
+
+    Args:
+      method_names: methods run with `config` in `workdir/<method>`.
+      jobs: further runs with configs and folders of their own, on the same teacher.
 
     Raises:
       ConfigError, ValueError, FileNotFoundError: naming what is wrong.
@@ -166,10 +181,14 @@ def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
     for name in method_names:
         methods.get_method(name)  # a bad name fails first
         check_folder(workdir / name, with_method(config, name), method_keys(name))
+    for job in jobs:
+        check_folder(workdir, job.config, TEACHER_KEYS)  # one teacher for every job
+        check_folder(job.folder, job.config, method_keys(job.config.unlearn.method))
     pretrained.check(config)
     data = load_face_data(config.data, progress=config.run.progress)
     preflight(config, data, mesh)
     splits = {name: request_split(with_method(config, name), data) for name in method_names}
+    job_splits = tuple(request_split(job.config, data) for job in jobs)
     check_drawn_pairs(workdir, data)
     write_folder_config(workdir, config)
     if data.drawn_pairs and not (workdir / DRAWN_PAIRS_FILE).exists():
@@ -182,7 +201,7 @@ def start(config, workdir: pathlib.Path, method_names: list[str]) -> Start:
         for name, found in data.alignment.items():
             print(f"alignment: {name}: {found['photos']} photos, {found['outcomes']}; "
                   f"{len(found['without_face_files'])} without a face ({found['without_face']})")
-    return Start(mesh, data, splits)
+    return Start(mesh, data, splits, job_splits)
 
 
 class TeacherRun(NamedTuple):
@@ -264,16 +283,19 @@ def unlearn_context(config, folder: pathlib.Path, mesh, data, teacher_run: Teach
 
 
 def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: TeacherRun,
-                  split: RequestSplit) -> dict:
+                  split: RequestSplit, *, folder: pathlib.Path | None = None,
+                  label: str | None = None) -> dict:
     """Runs `unlearn.method` on the request (or reuses its finished run), evaluates the student
-    and writes `metrics.json`, `report.md` and `embeddings.png` into `workdir/<method>`."""
+    and writes `metrics.json`, `report.md` and `embeddings.png` into `folder` (default
+    `workdir/<method>`); `label` names the run in messages and titles (default the method)."""
     name = config.unlearn.method
-    folder = workdir / name
+    folder = folder or workdir / name
+    label = label or name
     spec = methods.get_method(name)
     check_folder(folder, config, method_keys(name))
     write_folder_config(folder, config)
     if (folder / "metrics.json").exists():
-        print(f"{name}: finished earlier, reusing {folder / 'metrics.json'}")
+        print(f"{label}: finished earlier, reusing {folder / 'metrics.json'}")
         print("\n" + (folder / "report.md").read_text())
         return json.loads((folder / "metrics.json").read_text())
     context = unlearn_context(config, folder, mesh, data, teacher_run, split)
@@ -286,18 +308,18 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     student_emb = embed_eval_sets(teacher_run.embed, student, data,
                                   batch_size=config.eval.batch_size, mesh=mesh,
                                   mirror_train=False, flip_test=config.eval.flip,
-                                  progress=config.run.progress, who=f"{name}: ")
+                                  progress=config.run.progress, who=f"{label}: ")
     evaluation = evaluate_unlearning(
         teacher=teacher_run.embeddings, student=student_emb,
         teacher_params=teacher_run.backbone.params, student_params=student.params,
         centres_CxD=teacher_run.teacher.class_centres(), split=split, data=data, config=config,
         own_embedding_space=spec.own_embedding_space)
     metrics = evaluation.metrics
-    plot_embeddings(evaluation, folder / "embeddings.png", title=f"{name} on {config.name}")
+    plot_embeddings(evaluation, folder / "embeddings.png", title=f"{label} on {config.name}")
     metrics.update(method=name, unlearn_seconds=seconds, ues_alpha=config.eval.ues_alpha,
                    **files)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    report = unlearning_report(metrics, method=name, title=f"{name} on {config.name}")
+    report = unlearning_report(metrics, method=label, title=f"{label} on {config.name}")
     (folder / "report.md").write_text(report)
     print("\n" + report)
     print(f"report: {folder / 'report.md'}")

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cure_jax import clustering, sharding
+from cure_jax import clustering, host_clustering, sharding
 from cure_jax.embeddings import embed_pass, make_embed_fn
 from cure_jax.fields import Count, NonNegativeFloat, PositiveFloat, Range
 from cure_jax.loop import run_phase
@@ -70,7 +70,14 @@ class CureConfig:
     w_fm: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
     w_fd: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
     kmeans_iters: Count = 30
-    kmeans_restarts: Count = 4
+    kmeans_restarts: Count = 4  # also the Gaussian mixture's initialisations
+    # Forget clusters by spherical k-means (on device), or scikit-learn's Gaussian mixture or
+    # DBSCAN (the paper's ablations; cure_jax/host_clustering.py). Retain centroids: k-means.
+    clustering: Literal["kmeans", "gmm", "dbscan"] = "kmeans"
+    # DBSCAN's neighbourhood in cosine distance (1 - cos) and core size (ours; chosen on the
+    # default teacher's forget embeddings, docs/interpretations.md).
+    dbscan_eps: Annotated[float, Range(0.0, 2.0, low_open=True)] = 0.2
+    dbscan_min_samples: Count = 5
 
 
 class CureState(NamedTuple):
@@ -99,15 +106,36 @@ def check_request(config, num_forget: int, num_retain: int) -> None:
     if num_retain < cure.retain_clusters:
         raise ValueError(f"cure.retain_clusters={cure.retain_clusters} is more than the "
                          f"{num_retain} retain images; lower it")
+    if cure.clustering == "dbscan" and num_forget < cure.dbscan_min_samples:
+        raise ValueError(f"cure.dbscan_min_samples={cure.dbscan_min_samples} is more than the "
+                         f"{num_forget} forget images: DBSCAN could find no cluster; lower it")
 
 
 def cluster_forget(key: jax.Array, unit_NxD: jax.Array, config: CureConfig):
     """(unit centroids [K_f, D], nearest cluster l [N_f], pseudo-labels y~ [N_f]) of forget
-    embeddings."""
-    result = clustering.kmeans(key, unit_NxD, num_clusters=config.forget_clusters,
-                               num_iters=config.kmeans_iters, num_restarts=config.kmeans_restarts,
-                               cosine=True)
-    return result.centroids, *clustering.pseudo_labels(unit_NxD, result.centroids)
+    embeddings, by `config.clustering`."""
+    if config.clustering == "kmeans":
+        result = clustering.kmeans(key, unit_NxD, num_clusters=config.forget_clusters,
+                                   num_iters=config.kmeans_iters,
+                                   num_restarts=config.kmeans_restarts, cosine=True)
+        return result.centroids, *clustering.pseudo_labels(unit_NxD, result.centroids)
+    points = np.asarray(unit_NxD)
+    if config.clustering == "gmm":
+        seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
+        result = host_clustering.gmm_clusters(points, num_clusters=config.forget_clusters,
+                                              seed=seed, num_restarts=config.kmeans_restarts)
+    else:
+        result = host_clustering.dbscan_clusters(points, num_clusters=config.forget_clusters,
+                                                 eps=config.dbscan_eps,
+                                                 min_samples=config.dbscan_min_samples)
+        print(f"cure: DBSCAN found {result.found} clusters ({result.kept} kept as pseudo-label "
+              f"classes of {config.forget_clusters}) and {result.noise} noise points of "
+              f"{len(points)}")
+    # The farthest map over the clusters only: repeated rows are never a pseudo-label.
+    farthest = np.asarray(clustering.farthest_cluster_map(jnp.asarray(
+        result.centroids[:result.kept])))
+    nearest = jnp.asarray(result.assignment)
+    return jnp.asarray(result.centroids), nearest, jnp.asarray(farthest[result.assignment])
 
 
 def make_cure_step(graphs: Graphs, tx: optax.GradientTransformation, config: CureConfig,
