@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     except (forget_stage.RequestRefused, PhotoError) as error:
         print(f"request refused: {error}. Nothing was changed.", file=sys.stderr)
         return REFUSED
-    except cli.RUN_ERRORS as error:
+    except (*cli.RUN_ERRORS, ImportError, RuntimeError) as error:  # no OpenCV, no YuNet
         return cli.fail(error, 1)
     report = workdir / entry["report"]
     if not served_now:
