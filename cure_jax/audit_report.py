@@ -99,9 +99,9 @@ def request_metrics(*, config, data, teacher_run, model, student, student_emb, s
                    "candidates": len(search.candidates),
                    "expected_chance_matches": config.forget.far * len(search.candidates),
                    "forgotten_before": len(data.train_indices) - len(search.candidates),
-                   "agreement": None if search.agreement is None else search.agreement.tolist(),
-                   "agreement_threshold": (None if search.agreement_calibration is None
-                                           else search.agreement_calibration.threshold)},
+                   "groups": search.groups,
+                   "photo_matches": search.photo_matches.tolist(),
+                   "photo_threshold": search.photo_calibration.threshold},
         "labels": {**quality._asdict(), "name": data.identity_names[quality.identity]},
         "photo_figures": photo_figures,
         "people": _people(data, entries, runs),
@@ -209,20 +209,19 @@ def _photo_blocks(m: dict) -> list[tuple]:
     s, fig = m["search"], m["photo_figures"]
     rows = []
     for i, photo in enumerate(m["photos"]):
-        agreement = "-" if s["agreement"] is None else f"{s['agreement'][i]:.3f}"
-        rows.append([str(i + 1), f"`{photo['file']}`", f"`{photo['sha256'][:16]}`", agreement,
+        rows.append([str(i + 1), f"`{photo['file']}`", f"`{photo['sha256'][:16]}`",
+                     str(s["photo_matches"][i]),
                      f"{fig['before']['ranks'][i]} -> {fig['after']['ranks'][i]}",
                      f"{_pct(fig['before']['aps'][i])} -> {_pct(fig['after']['aps'][i])}"])
-    limit = ("" if s["agreement_threshold"] is None else
-             f" Agreement: each photo's score against the other photos' statistic; the "
-             f"calibrated threshold for {s['template_size'] - 1} photo(s) is "
-             f"{s['agreement_threshold']:.3f}.")
+    limit = (f" Matches alone: the images found that the photo matches by itself (the "
+             f"one-photo threshold {s['photo_threshold']:.3f}); the photos that match any fall "
+             f"into {len(s['groups'])} group(s) sharing images: one person.")
     return [
         ("h2", "The photos"),
         ("p", "Rank: where the best-ranked image found stands when the photo queries every "
               "training image (1 = nearest), before and after; AP: the photo's average precision "
               "over the images found, in %." + limit),
-        ("table", ["photo", "file", "sha256 (first 16)", "agreement", "rank", "AP"], rows),
+        ("table", ["photo", "file", "sha256 (first 16)", "matches alone", "rank", "AP"], rows),
         ("img", "neighbours.png",
          "Each photo and its nearest training images before (left) and after (right) "
          "unlearning; red frames: images the search found (forgotten)."),

@@ -35,7 +35,7 @@ from cure_jax.checkpointing import Checkpointer
 from cure_jax.embeddings import EvalEmbeddings, cached_eval_embeddings, embed_pass
 from cure_jax.models.backbone import Backbone
 from cure_jax.request_photos import load_request_photos, photo_digests, request_key
-from cure_jax.search import Calibration, calibrate, flip_unit, leave_one_out_scores, scores
+from cure_jax.search import Calibration, calibrate, flip_unit, photo_groups, scores
 from data_pipelines.datasets import load_face_data
 from data_pipelines.pipelines import ArraySource
 from data_pipelines.splits import RequestSplit
@@ -61,8 +61,9 @@ class Search(NamedTuple):
     scores: np.ndarray  # float32 [N] score of every training image (data.train_indices order)
     photos: np.ndarray  # [P, D] flip-test unit embeddings of the photos
     calibration: Calibration  # for P photos
-    agreement: np.ndarray | None  # [P] each photo against the others (None for one photo)
-    agreement_calibration: Calibration | None  # for P - 1 photos
+    groups: list  # lists of photo indices whose matches alone share training images
+    photo_matches: np.ndarray  # int [P] training images each photo matches alone
+    photo_calibration: Calibration  # for one photo (the verification pairs' threshold)
 
 
 def check_config(config) -> None:
@@ -172,41 +173,39 @@ def unit_sets(embeddings: EvalEmbeddings, config) -> tuple[np.ndarray, np.ndarra
     return train, flip_unit(plain, mirrored if config.eval.flip else None)
 
 
-def calibrations(config, data, model: Model, count: int
-                 ) -> tuple[Calibration, Calibration | None]:
-    """The thresholds of requests of `count` photos and of `count - 1` (the agreement check;
-    None for one photo), calibrated on the model's verification people."""
+def calibrations(config, data, model: Model, count: int) -> tuple[Calibration, Calibration]:
+    """The thresholds of requests of `count` photos and of one photo (each photo alone),
+    calibrated on the model's verification people."""
     _, verification_VxD = unit_sets(model.embeddings, config)
     labels_V = data.verification.source.labels
     kwargs = dict(far=config.forget.far, statistic=config.forget.statistic,
                   templates=config.forget.templates, seed=config.run.seed)
     try:
-        return (calibrate(verification_VxD, labels_V, template_size=count, **kwargs),
-                calibrate(verification_VxD, labels_V, template_size=count - 1, **kwargs)
-                if count >= 2 else None)
+        single = calibrate(verification_VxD, labels_V, template_size=1, **kwargs)
+        return (single if count == 1 else
+                calibrate(verification_VxD, labels_V, template_size=count, **kwargs)), single
     except ValueError as err:
         raise RequestRefused(str(err)) from err
 
 
 def search(config, data, model: Model, photos_PxD: np.ndarray, forgotten: list[int], *,
-           calibrated: tuple[Calibration, Calibration | None] | None = None) -> Search:
+           calibrated: tuple[Calibration, Calibration] | None = None) -> Search:
     """Calibrates (unless `calibrated` is given), checks that the photos show one person, and
     finds their training images among those not `forgotten` (record indices).
 
     Raises:
       RequestRefused: the photos disagree, or match no image, one image, or most of the set.
     """
-    count = len(photos_PxD)
-    calibration, agreement_calibration = calibrated or calibrations(config, data, model, count)
-    statistic = config.forget.statistic
-    agreement = (leave_one_out_scores(photos_PxD, statistic=statistic) if count >= 2
-                 else None)
+    calibration, single = calibrated or calibrations(config, data, model, len(photos_PxD))
     train_NxD, _ = unit_sets(model.embeddings, config)
-    result_scores = scores(photos_PxD, train_NxD, statistic=statistic)
     candidate = ~np.isin(data.train_indices, forgotten)
+    result_scores = scores(photos_PxD, train_NxD, statistic=config.forget.statistic)
     found_rows = np.flatnonzero(candidate & (result_scores > calibration.threshold))
+    # One person: the photos are grouped by the images found that each one matches alone.
+    groups, photo_matches = photo_groups(photos_PxD, train_NxD[found_rows],
+                                         threshold=single.threshold)
     result = Search(data.train_indices[found_rows], data.train_indices[candidate],
-                    result_scores, photos_PxD, calibration, agreement, agreement_calibration)
+                    result_scores, photos_PxD, calibration, groups, photo_matches, single)
     refuse_unservable(result, config)
     return result
 
@@ -217,15 +216,13 @@ def refuse_unservable(result: Search, config) -> None:
     threshold = result.calibration.threshold
     at = (f"at the false-accept rate {forget.far:g} (threshold {threshold:.3f}, "
           f"{forget.statistic} of {len(result.photos)} photo(s))")
-    if result.agreement is not None:
-        limit = result.agreement_calibration.threshold
-        odd = np.flatnonzero(result.agreement <= limit)
-        if len(odd):
-            scores_text = ", ".join(f"photo {i + 1}: {result.agreement[i]:.3f}" for i in odd)
-            raise RequestRefused(
-                f"the photos do not show one person: {len(odd)} of them do not match the others "
-                f"at the false-accept rate {forget.far:g} ({scores_text}; threshold {limit:.3f} "
-                "for the others' statistic). Send photos of one person only")
+    if len(result.groups) > 1:
+        groups = " and ".join("photos " + ", ".join(str(p + 1) for p in group)
+                              for group in result.groups)
+        raise RequestRefused(
+            f"the photos do not show one person: {groups} match different training images "
+            f"(each photo alone, threshold {result.photo_calibration.threshold:.3f} at the "
+            f"false-accept rate {forget.far:g}). Send photos of one person only")
     count, total = len(result.found), len(result.candidates)
     expected = forget.far * total
     if count == 0:
@@ -314,24 +311,37 @@ def check_method(config, split: RequestSplit) -> None:
                                  f"({err})") from err
 
 
-def serve(config, workdir: pathlib.Path, photos_folder: pathlib.Path, *, aligned: bool,
-          command: str) -> tuple[dict, bool]:
-    """Serves one forget request (module docstring).
+class Checked(NamedTuple):
+    """A request that passed every check, ready to be served."""
 
-    Returns:
-      (the request's ledger entry, whether it was served now: False when those photos were
-      served before, in which case nothing changed).
+    number: int
+    recorded: dict | None  # its ledger entry when it was interrupted before
+    entries: list[dict]  # the ledger
+    photos: object  # RequestPhotos
+    mesh: object
+    data: object  # FaceData
+    teacher_run: stages.TeacherRun
+    model: Model  # the model it starts from
+    found: Search
+    config: object  # sized to the request
+    split: RequestSplit
+    folder: pathlib.Path
+
+
+def check_request(config, workdir: pathlib.Path, photos_folder: pathlib.Path, *,
+                  aligned: bool) -> Checked | dict:
+    """Every check of a request, writing nothing: the served entry when these photos were
+    served before, else the `Checked` request.
 
     Raises:
-      RequestRefused, PhotoError: the request cannot be served; nothing was changed.
-      ConfigError: a setting that cannot serve requests, or no finished teacher.
+      RequestRefused, PhotoError, ConfigError: see `serve`.
     """
     check_config(config)
     _, digests = photo_digests(photos_folder)
     entries = ledger.read(workdir)
     number, recorded = plan(entries, request_key(digests))
     if recorded is not None and recorded["status"] == ledger.SERVED:
-        return recorded, False
+        return recorded
     photos = load_request_photos(photos_folder, image_size=config.data.image_size,
                                  crop_box=config.data.crop_box, aligned=aligned)
     mesh, data = open_run(config, workdir)
@@ -348,30 +358,51 @@ def serve(config, workdir: pathlib.Path, photos_folder: pathlib.Path, *, aligned
     if recorded is not None and recorded["found"] != found.found.tolist():
         raise config_lib.ConfigError(f"request {number} was started on other images; rerun it "
                                      "with the settings it started with")
-    print(f"request {number}: {len(found.found)} of {len(found.candidates)} training images "
-          f"found at the false-accept rate {config.forget.far:g}; {sized.unlearn.method} "
-          f"unlearns them from the {model.name} ({sized.student.epochs} epochs of "
-          f"{sized.student.batch_size})")
+    return Checked(number, recorded, entries, photos, mesh, data, teacher_run, model, found,
+                   sized, split, folder)
+
+
+def serve(config, workdir: pathlib.Path, photos_folder: pathlib.Path, *, aligned: bool,
+          command: str) -> tuple[dict, bool]:
+    """Serves one forget request (module docstring).
+
+    Returns:
+      (the request's ledger entry, whether it was served now: False when those photos were
+      served before, in which case nothing changed).
+
+    Raises:
+      RequestRefused, PhotoError: the request cannot be served; nothing was changed.
+      ConfigError: a setting that cannot serve requests, or no finished teacher.
+    """
+    checked = check_request(config, workdir, photos_folder, aligned=aligned)
+    if isinstance(checked, dict):
+        return checked, False
+    c = checked
+    print(f"request {c.number}: {len(c.found.found)} of {len(c.found.candidates)} training "
+          f"images found at the false-accept rate {c.config.forget.far:g}; "
+          f"{c.config.unlearn.method} unlearns them from the {c.model.name} "
+          f"({c.config.student.epochs} epochs of {c.config.student.batch_size})")
     # Every check has passed: from here on the request writes.
-    entry = recorded or ledger.new_entry(number, photos, found, sized, model.name,
-                                         command, workdir, aligned)
+    entry = c.recorded or ledger.new_entry(c.number, c.photos, c.found, c.config, c.model.name,
+                                           command, workdir, aligned)
     ledger.upsert(workdir, entry)
-    stages.write_folder_config(folder, sized)
-    student = train_student(sized, folder, mesh, data, teacher_run, model, split)
-    save_student(folder, student, number)
-    student_emb = model_embeddings(student, teacher_run, data, sized, mesh,
-                                   folder / "embeddings.npz")
-    photos_after = embed_photos(photos.images, student, teacher_run, sized, mesh)
-    entry = {**entry, "provenance": ledger.provenance(workdir, folder, teacher_run.backbone,
+    stages.write_folder_config(c.folder, c.config)
+    student = train_student(c.config, c.folder, c.mesh, c.data, c.teacher_run, c.model, c.split)
+    save_student(c.folder, student, c.number)
+    student_emb = model_embeddings(student, c.teacher_run, c.data, c.config, c.mesh,
+                                   c.folder / "embeddings.npz")
+    photos_after = embed_photos(c.photos.images, student, c.teacher_run, c.config, c.mesh)
+    entry = {**entry, "provenance": ledger.provenance(workdir, c.folder, c.teacher_run.backbone,
                                                          student)}
     metrics = audit_report.request_metrics(
-        config=sized, data=data, teacher_run=teacher_run, model=model, student=student,
-        student_emb=student_emb, search=found, photos_after=photos_after, photos=photos,
-        entries=[*entries[:number - 1], entry], centres=class_centres(teacher_run))
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        config=c.config, data=c.data, teacher_run=c.teacher_run, model=c.model,
+        student=student, student_emb=student_emb, search=c.found, photos_after=photos_after,
+        photos=c.photos, entries=[*c.entries[:c.number - 1], entry],
+        centres=class_centres(c.teacher_run))
+    (c.folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     entry = {**entry, "status": ledger.SERVED, "finished": ledger.now()}
-    audit_report.write_report(folder, metrics, entry, audit_report.history(workdir, number),
-                              data=data, photos=photos)
+    audit_report.write_report(c.folder, metrics, entry, audit_report.history(workdir, c.number),
+                              data=c.data, photos=c.photos)
     ledger.upsert(workdir, entry)
     return entry, True
 

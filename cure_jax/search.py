@@ -16,6 +16,11 @@ smallest value that at most `far` of those comparisons exceed. So `far` is the e
 another person's images that a request of P photos finds: about `far * N` false matches in a
 training set of N images.
 
+Whether the images found are one person's is judged through the photos (`photo_groups`): each
+photo is compared alone with the images found, at the threshold of a one-photo request (the
+verification pairs' threshold at `far`), and photos that match a common image belong together.
+When the photos fall into more than one group, the images found show more than one person.
+
 Legend: P photos, N training images, V verification images, D width, T templates.
 """
 
@@ -177,18 +182,36 @@ def calibrate(unit_VxD: np.ndarray, labels_V: np.ndarray, *, template_size: int,
         statistic=statistic)
 
 
-def leave_one_out_scores(photos_PxD: np.ndarray, *, statistic: str) -> np.ndarray:
-    """Each photo's score against the other photos' statistic (the request with it left out).
+def photo_groups(photos_PxD: np.ndarray, gallery_NxD: np.ndarray, *, threshold: float
+                 ) -> tuple[list[list[int]], np.ndarray]:
+    """Which photos show the same person, judged through the gallery (the training set).
+
+    Each photo searches the gallery alone (`cos(z_p, x) > threshold`, the threshold of a
+    one-photo request). Photos whose matches share a gallery image are linked; the groups are
+    the connected sets of linked photos. A photo that matches no image alone gives no evidence
+    either way and is left out of the groups. Photos of one person find images of that person
+    and fall into one group; photos of people who are both in the gallery fall into two.
 
     Args:
-      photos_PxD: unit embeddings of P >= 2 photos.
+      photos_PxD: unit embeddings of the photos.
+      gallery_NxD: unit embeddings of the images searched.
+      threshold: the one-photo threshold.
 
     Returns:
-      float32 [P].
+      (groups: lists of photo indices, by first photo; matches: int [P] images each photo
+      matches alone).
     """
-    count = len(photos_PxD)
-    if count < 2:
-        raise ValueError("leave-one-out needs two photos or more")
-    return np.array([
-        scores(np.delete(photos_PxD, p, axis=0), photos_PxD[p:p + 1], statistic=statistic)[0]
-        for p in range(count)], np.float32)
+    matches_PxN = (photos_PxD @ gallery_NxD.T) > threshold
+    shared_PxP = (matches_PxN.astype(np.int32) @ matches_PxN.T.astype(np.int32)) > 0
+    unassigned = [p for p in range(len(photos_PxD)) if matches_PxN[p].any()]
+    groups = []
+    while unassigned:
+        group = [unassigned.pop(0)]
+        frontier = list(group)
+        while frontier:
+            linked = [q for q in unassigned if shared_PxP[frontier, q].any()]
+            unassigned = [q for q in unassigned if q not in linked]
+            group += linked
+            frontier = linked
+        groups.append(sorted(group))
+    return groups, matches_PxN.sum(axis=1)

@@ -13,13 +13,13 @@ def _calibration(threshold, size):
     return Calibration(threshold, 1e-3, 1e-3, 0.9, 10**6, 100, 50, size, "mean")
 
 
-def _search(found_count, *, candidates=1000, agreement=(0.9, 0.9, 0.9)):
+def _search(found_count, *, candidates=1000, groups=((0, 1, 2),)):
     candidates_C = np.arange(candidates)
     scores = np.full(candidates, 0.1, np.float32)
     scores[:found_count] = 0.8
-    agreement = None if agreement is None else np.asarray(agreement, np.float32)
     return Search(candidates_C[:found_count], candidates_C, scores, np.zeros((3, 4)),
-                  _calibration(0.5, 3), agreement, _calibration(0.6, 2))
+                  _calibration(0.5, 3), [list(g) for g in groups], np.array([5, 4, 6]),
+                  _calibration(0.7, 1))
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def test_a_person_with_many_images_is_served(config):
 
 
 def test_photos_of_several_people_are_refused(config):
-    with pytest.raises(RequestRefused, match="do not show one person.*photo 3: 0.200"):
-        forget_stage.refuse_unservable(_search(30, agreement=(0.9, 0.8, 0.2)), config)
+    with pytest.raises(RequestRefused, match="do not show one person: photos 1, 2 and photos 3"):
+        forget_stage.refuse_unservable(_search(30, groups=((0, 1), (2,))), config)
 
 
 def test_a_person_who_matches_no_training_image_is_refused(config):
@@ -52,8 +52,8 @@ def test_a_request_covering_most_of_the_training_set_is_refused(config):
     forget_stage.refuse_unservable(_search(500), config)  # at the limit: served
 
 
-def test_a_single_photo_has_nothing_to_disagree_with(config):
-    forget_stage.refuse_unservable(_search(30, agreement=None), config)
+def test_photos_that_match_nothing_alone_give_no_evidence_of_another_person(config):
+    forget_stage.refuse_unservable(_search(30, groups=((0, 2),)), config)
 
 
 def test_the_method_is_sized_to_the_request(config):

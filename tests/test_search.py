@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cure_jax.search import calibrate, flip_unit, leave_one_out_scores, scores
+from cure_jax.search import calibrate, flip_unit, photo_groups, scores
 
 
 def _unit(x):
@@ -82,12 +82,15 @@ def test_calibration_needs_two_people_with_more_images_than_photos():
         calibrate(emb, labels, template_size=3, far=0.1, statistic="mean")
 
 
-def test_leave_one_out_scores_single_out_another_persons_photo():
-    emb, labels = _people(2, 5, spread=0.2)
-    photos = np.concatenate([emb[labels == 0][:4], emb[labels == 1][:1]])
-    agreement = leave_one_out_scores(photos, statistic="mean")
-    expected = [photos[p] @ _unit(np.delete(photos, p, 0).sum(0)) for p in range(5)]
-    np.testing.assert_allclose(agreement, expected, atol=1e-5)
-    assert np.argmin(agreement) == 4
-    with pytest.raises(ValueError, match="two photos"):
-        leave_one_out_scores(photos[:1], statistic="mean")
+def test_photos_are_grouped_by_the_training_images_they_match():
+    gallery, labels = _people(4, 6, spread=0.1)
+    photos, _ = _people(4, 6, spread=0.1)  # the same people (same seed): their own images
+    person_0, person_2 = photos[labels == 0][:3], photos[labels == 2][:2]
+    stranger = _unit(np.ones((1, 16), np.float32) - 2 * (np.arange(16) % 2))  # matches nobody
+    groups, matches = photo_groups(np.concatenate([person_0, stranger]), gallery,
+                                   threshold=0.8)
+    assert groups == [[0, 1, 2]]  # one person; the stranger gives no evidence
+    assert matches[3] == 0 and np.all(matches[:3] >= 1)
+    groups, _ = photo_groups(np.concatenate([person_0[:1], person_2, person_0[1:]]), gallery,
+                             threshold=0.8)
+    assert groups == [[0, 3, 4], [1, 2]]  # two people
