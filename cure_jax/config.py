@@ -38,6 +38,7 @@ from cure_jax.methods.random_label import RandomLabelConfig
 from cure_jax.methods.retrain import RetrainConfig
 from cure_jax.methods.scrub import ScrubConfig
 from cure_jax.methods.unsir import UnsirConfig
+from cure_jax.search import ForgetConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +238,7 @@ class Config:
     retrain: RetrainConfig = RetrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    forget: ForgetConfig = ForgetConfig()  # forget requests from photos (cure_jax.forget)
 
 
 class ConfigError(ValueError):
