@@ -9,6 +9,13 @@ as the run reads it (crop box, image size). Writes `quality_extremes.png` (the `
 and highest images, labelled with their scores), `quality_extremes.json` (those images' paths and
 scores, and the score's summary) and `quality_scores.npz` (every path and score) into the run
 folder (or --out).
+
+When the run verifies on an LFW-style `pairs.txt` whose images are in the folder, the JSON also
+holds an error-versus-reject check, the usual test of a face quality score without ground truth:
+a pair's quality is the lower of its two images' scores; the pairs below a quality quantile are
+rejected, and the false non-match rate of the kept same-person pairs is measured at the
+threshold that gives a false match rate of 1% over all different-person pairs (teacher
+embeddings with the flip test). A useful score lowers it faster than rejecting at random.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from quality_validate import load_teacher
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import quality
+from cure_jax.embeddings import embed_source, make_embed_fn
 from data_pipelines.pipelines import materialize
 from data_pipelines.sources.image_folder import ImageFolderSource, decode_image
+from data_pipelines.sources.lfw_pairs import read_pairs
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,6 +63,36 @@ def plot_extremes(paths, scores, order, *, count: int, crop_box, label: str, pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+REJECT_FRACTIONS = (0.0, 0.1, 0.2, 0.35, 0.5)
+
+
+def error_versus_reject(unit_NxD: np.ndarray, scores_N: np.ndarray, pairs, folder, *,
+                        seed: int = 0) -> dict:
+    """False non-match rate at FMR 1% of the same-person pairs kept after rejecting the
+    lowest-quality share of pairs, for the score and for a random rejection.
+
+    Args:
+      unit_NxD: unit embeddings of the folder's records.
+      scores_N: quality of the folder's records.
+      pairs: `read_pairs` output; every image must be among the folder's records.
+      folder: the `ImageFolderSource` (for `index_of`).
+      seed: seeds the random rejection.
+    """
+    a = np.array([folder.index_of(p.name_a, p.number_a) for p in pairs])
+    b = np.array([folder.index_of(p.name_b, p.number_b) for p in pairs])
+    same = np.array([p.issame for p in pairs])
+    cosine = np.sum(unit_NxD[a] * unit_NxD[b], axis=1)
+    threshold = float(np.quantile(cosine[~same], 0.99))  # FMR 1% over all different pairs
+    result = {"threshold": threshold, "fnmr": {}, "fnmr_random": {}}
+    for name, pair_quality in (
+            ("fnmr", np.minimum(scores_N[a], scores_N[b])),
+            ("fnmr_random", np.random.default_rng(seed).random(len(pairs)))):
+        for fraction in REJECT_FRACTIONS:
+            kept = same & (pair_quality >= np.quantile(pair_quality, fraction))
+            result[name][str(fraction)] = float(np.mean(cosine[kept] < threshold))
+    return result
 
 
 def main(argv=None) -> int:
@@ -105,6 +144,16 @@ def main(argv=None) -> int:
                "lowest": listed(order[:args.count]),
                "highest": listed(order[::-1][:args.count]),
                "backend": jax.default_backend()}
+    if config.data.pairs:
+        embed = make_embed_fn(graphs.eval)
+        raw = embed_source(embed, backbone.params, backbone.batch_stats, source,
+                           batch_size=args.batch_size, mesh=mesh, flip=True, progress=True)
+        unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        summary["error_versus_reject"] = error_versus_reject(
+            unit, scores, read_pairs(config.data.pairs), folder)
+        print("FNMR at FMR 1% after rejecting the lowest-quality pairs: " + ", ".join(
+            f"{f}: {v:.3f} (random {summary['error_versus_reject']['fnmr_random'][f]:.3f})"
+            for f, v in summary["error_versus_reject"]["fnmr"].items()))
     (out / "quality_extremes.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{label} on {len(scores)} images of {root} in {seconds:.1f} s; wrote "
           f"{out / 'quality_extremes.png'}, {out / 'quality_extremes.json'}, "
