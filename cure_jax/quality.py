@@ -1,0 +1,270 @@
+"""Label-free face image quality from the recognition model itself: SER-FIQ, GraFIQs and the
+embedding norm. Higher always means better quality.
+
+- **SER-FIQ** (Terhörst et al., CVPR 2020): the robustness of an image's embedding to random
+  sub-networks. The pre-embedding features go `passes` (m) times through the embedding head with
+  dropout at `rate` (dropout, fc, embedding BN, L2 normalisation); the quality is
+  `2 * sigmoid(-mean_{i<j} ||z_i - z_j||)` over the m unit embeddings, the normalisation of the
+  authors' released code (for a fixed m, any constant in front of the sum of distances rescales
+  every image alike and leaves rankings unchanged). Their defaults: m = 100, rate 0.5, dropout
+  only in the head, so the trunk runs once per image. The rate is an argument here: the model's
+  configured dropout (0 by default) never decides it.
+- **GraFIQs** (Kolf et al., CVPRW 2024): how hard an image pulls on the model. For each image
+  alone, the inputs of every 2-D batch-norm layer (stem, every block's three, the projection
+  shortcuts' and the one before the flatten) give a per-channel mean and biased variance over
+  the spatial positions; their squared differences to the layer's running mean and variance,
+  averaged over channels and summed over mean and variance, are averaged over the layers (the
+  released code's `MSE(mean) + MSE(var)`, divided by the number of layers). The embedding's 1-D
+  batch norm is left out, as there: a single image has no spread to compare there. The loss is
+  back-propagated once and the quality is minus the sum of absolute gradients at `at`: the image
+  ("image") or one stage's output ("stage1" ... "stage4"). The paper speaks of gradients "of
+  pretrained FR weights"; the released code (`extract_grafiqs.py`) takes them at the image and
+  at the four stage outputs, and that is what we follow, since it produced the paper's numbers.
+  The default is the image: the best of the five on the synthetic faces (docs/quality.md).
+  Larger gradients mean statistics further from the training distribution, hence the minus sign.
+- **Embedding norm**: the L2 norm of the raw embedding (MagFace's observation that it grows with
+  quality under margin losses); the cheap baseline.
+
+Each `make_*_fn` returns a jitted `score(params, batch_stats, images, key) -> float32 [B]` of a
+backbone's evaluation graph (the key is used by SER-FIQ only), compiled once per input shape.
+Shape suffixes: B images, S image side, F flattened pre-embedding features, D embedding
+dimension, M stochastic passes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from cure_jax import sharding
+from cure_jax.losses.common import l2_normalize
+from cure_jax.models.iresnet import IResNet
+from data_pipelines.pipelines import eval_batches
+
+SCORES = ("serfiq", "grafiqs", "norm")
+GRAFIQS_TARGETS = ("image", "stage1", "stage2", "stage3", "stage4")
+
+
+def trunk_with_bn_inputs(model: IResNet, images_BxSxSx3: jax.Array, *,
+                         stage_taps: list[jax.Array] | None = None):
+    """The backbone up to the flattened pre-embedding features, every batch norm on its running
+    statistics, recording what enters each 2-D batch norm.
+
+    It walks the same modules in the same order as `IResNet.__call__` (a test holds the two
+    together), so that GraFIQs can read the batch-norm inputs and take gradients at the stage
+    outputs without hooks.
+
+    Args:
+      model: an IResNet (either view: batch norms are called with their running statistics).
+      images_BxSxSx3: normalised images.
+      stage_taps: None, or one array per stage shaped like that stage's output, added to it (zeros
+        make no change; their gradients are the gradients at the stage outputs).
+
+    Returns:
+      (features_BxF, bn_records, stage_outputs): the flattened features that enter the embedding
+      head's dropout; a list of (batch norm module, its input) in call order; the output of each
+      stage (before its tap is added).
+    """
+    records = []
+
+    def norm(bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
+        records.append((bn, x))
+        return bn(x, use_running_average=True)
+
+    x = model.stem_prelu(norm(model.stem_bn, model.stem_conv(images_BxSxSx3)))
+    stage_outputs = []
+    blocks = list(model.blocks)
+    for i, block in enumerate(blocks):
+        out = norm(block.bn1, x)
+        out = block.prelu(norm(block.bn2, block.conv1(out)))
+        out = norm(block.bn3, block.conv2(out))
+        shortcut = x if block.down_conv is None else norm(block.down_bn, block.down_conv(x))
+        x = out + shortcut
+        # Every stage opens with a projection block: the next one with a projection, or the
+        # end, closes this stage.
+        if i + 1 == len(blocks) or blocks[i + 1].down_conv is not None:
+            stage_outputs.append(x)
+            if stage_taps is not None:
+                x = x + stage_taps[len(stage_outputs) - 1]
+    x = norm(model.final_bn, x)
+    return x.reshape(x.shape[0], -1), records, stage_outputs
+
+
+def _check_serfiq_options(passes: int, rate: float) -> None:
+    if not isinstance(passes, int | np.integer) or isinstance(passes, bool) or passes < 2:
+        raise ValueError(f"SER-FIQ passes must be an integer >= 2 (pairs of embeddings are "
+                         f"compared), got {passes!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"SER-FIQ dropout rate must be in [0, 1), got {rate!r}")
+
+
+def serfiq_quality(model: IResNet, images_BxSxSx3: jax.Array, key: jax.Array, *,
+                   passes: int = 100, rate: float = 0.5) -> jax.Array:
+    """SER-FIQ quality [B] in (0, 1]: 1 when every stochastic embedding agrees.
+
+    Args:
+      model: an IResNet in evaluation mode.
+      images_BxSxSx3: normalised images.
+      key: PRNG key of the dropout masks; the same key gives the same scores.
+      passes: m, stochastic passes through the embedding head, >= 2.
+      rate: dropout rate in [0, 1) on the pre-embedding features.
+    """
+    _check_serfiq_options(passes, rate)
+    features_BxF = trunk_with_bn_inputs(model, images_BxSxSx3)[0]
+
+    def one_pass(pass_key: jax.Array) -> jax.Array:
+        # Inverted dropout, as nnx.Dropout and Keras: kept features scaled by 1 / (1 - rate).
+        keep_BxF = jax.random.bernoulli(pass_key, 1.0 - rate, features_BxF.shape)
+        dropped_BxF = jnp.where(keep_BxF, features_BxF / (1.0 - rate), 0.0)
+        raw_BxD = model.features(model.fc(dropped_BxF), use_running_average=True)
+        return l2_normalize(raw_BxD)
+
+    unit_MxBxD = jax.vmap(one_pass)(jax.random.split(key, passes))
+    mean_distance_B = jax.lax.map(_mean_pairwise_distance, jnp.swapaxes(unit_MxBxD, 0, 1),
+                                  batch_size=8)
+    return 2.0 * jax.nn.sigmoid(-mean_distance_B)
+
+
+def _mean_pairwise_distance(points_MxD: jax.Array) -> jax.Array:
+    """Mean Euclidean distance over the M (M - 1) / 2 distinct pairs of points."""
+    # Differences rather than the Gram matrix: identical points give exactly 0, not sqrt of a
+    # rounding error, so that a rate of 0 gives a quality of exactly 1.
+    diff_MxMxD = points_MxD[:, None, :] - points_MxD[None, :, :]
+    distance_MxM = jnp.sqrt(jnp.sum(diff_MxMxD * diff_MxMxD, axis=-1))
+    count = points_MxD.shape[0]
+    return jnp.sum(distance_MxM) / (count * (count - 1))
+
+
+def bn_discrepancy(bn_records) -> jax.Array:
+    """GraFIQs' loss: mean over batch norms of MSE(input mean, running mean) + MSE(input
+    variance, running variance), statistics over every axis but the channels.
+
+    Args:
+      bn_records: (batch norm module, input [N, H, W, C]) pairs, from `trunk_with_bn_inputs`.
+
+    Returns:
+      A scalar.
+    """
+    terms = []
+    for bn, x in bn_records:
+        axes = tuple(range(x.ndim - 1))
+        mean_C = jnp.mean(x, axis=axes)
+        var_C = jnp.mean(jnp.square(x - mean_C), axis=axes)  # biased, as in training
+        terms.append(jnp.mean(jnp.square(mean_C - bn.mean[...]))
+                     + jnp.mean(jnp.square(var_C - bn.var[...])))
+    return jnp.mean(jnp.stack(terms))
+
+
+def grafiqs_magnitudes(model: IResNet, images_BxSxSx3: jax.Array) -> dict[str, jax.Array]:
+    """Sum of absolute gradients of the batch-norm discrepancy of each image on its own.
+
+    Args:
+      model: an IResNet.
+      images_BxSxSx3: normalised images; each is scored alone (its batch-norm statistics are
+        over its spatial positions only), with one forward and one backward pass.
+
+    Returns:
+      {target: float32 [B]} for every target in `GRAFIQS_TARGETS`: "image" or "stageK".
+    """
+
+    def one(image_SxSx3: jax.Array) -> jax.Array:
+        image_1xSxSx3 = image_SxSx3[None]
+        # Only the shapes of this forward pass are used; XLA drops its arithmetic.
+        taps = [jnp.zeros_like(s) for s in trunk_with_bn_inputs(model, image_1xSxSx3)[2]]
+
+        def loss(image, stage_taps):
+            return bn_discrepancy(trunk_with_bn_inputs(model, image, stage_taps=stage_taps)[1])
+
+        grad_image, grad_taps = jax.grad(loss, argnums=(0, 1))(image_1xSxSx3, taps)
+        return jnp.stack([jnp.sum(jnp.abs(g)) for g in (grad_image, *grad_taps)])
+
+    magnitudes_Bx5 = jax.vmap(one)(images_BxSxSx3)
+    return {target: magnitudes_Bx5[:, i] for i, target in enumerate(GRAFIQS_TARGETS)}
+
+
+def _check_target(at: str) -> None:
+    if at not in GRAFIQS_TARGETS:
+        raise ValueError(f"unknown GraFIQs target {at!r}; valid: {', '.join(GRAFIQS_TARGETS)}")
+
+
+def make_serfiq_fn(graph_eval: nnx.GraphDef, *, passes: int = 100, rate: float = 0.5):
+    """Jitted `score(params, batch_stats, images [B, S, S, 3], key) -> SER-FIQ quality [B]`."""
+    _check_serfiq_options(passes, rate)
+
+    @jax.jit
+    def score(params, batch_stats, images, key):
+        model = nnx.merge(graph_eval, params, batch_stats)
+        return serfiq_quality(model, images, key, passes=passes, rate=rate)
+
+    return score
+
+
+def make_grafiqs_fn(graph_eval: nnx.GraphDef, *, at: str = "image"):
+    """Jitted `score(params, batch_stats, images [B, S, S, 3], key) -> GraFIQs quality [B]`
+    (minus the gradient magnitude at `at`; the key is unused)."""
+    _check_target(at)
+
+    @jax.jit
+    def score(params, batch_stats, images, key):
+        del key  # deterministic
+        model = nnx.merge(graph_eval, params, batch_stats)
+        return -grafiqs_magnitudes(model, images)[at]
+
+    return score
+
+
+def make_norm_fn(graph_eval: nnx.GraphDef):
+    """Jitted `score(params, batch_stats, images [B, S, S, 3], key) -> ||raw embedding|| [B]`
+    (the key is unused)."""
+
+    @jax.jit
+    def score(params, batch_stats, images, key):
+        del key  # deterministic
+        model = nnx.merge(graph_eval, params, batch_stats)
+        return jnp.linalg.norm(model(images), axis=-1)
+
+    return score
+
+
+def make_quality_fn(name: str, graph_eval: nnx.GraphDef, *, passes: int = 100,
+                    rate: float = 0.5, at: str = "image"):
+    """The score called `name` ("serfiq", "grafiqs" or "norm"), with its options (`passes` and
+    `rate` for SER-FIQ, `at` for GraFIQs; the others' options are ignored)."""
+    if name == "serfiq":
+        return make_serfiq_fn(graph_eval, passes=passes, rate=rate)
+    if name == "grafiqs":
+        return make_grafiqs_fn(graph_eval, at=at)
+    if name == "norm":
+        return make_norm_fn(graph_eval)
+    raise ValueError(f"unknown quality score {name!r}; valid: {', '.join(SCORES)}")
+
+
+def score_source(score, params, batch_stats, source, *, batch_size: int, mesh,
+                 key: jax.Array | None = None, progress: bool = False,
+                 desc: str = "quality") -> np.ndarray:
+    """Quality [N] of every record of `source`, in order, in fixed-size padded batches.
+
+    Args:
+      score: a function from `make_quality_fn` (or a `make_*_fn`).
+      params, batch_stats: the backbone's arrays.
+      source: random-access records with an "image" (uint8 [S, S, 3]).
+      batch_size: images per call; a multiple of the mesh size.
+      mesh: the device mesh.
+      key: PRNG key (SER-FIQ); batch b uses `fold_in(key, b)`. Default: key 0.
+      progress: show a progress bar.
+      desc: the progress bar's label.
+    """
+    sharding.check_batch_size(batch_size, mesh, "batch_size")
+    key = jax.random.key(0) if key is None else key
+    steps = -(-len(source) // batch_size)
+    chunks = []
+    batches = eval_batches(source, batch_size=batch_size)
+    for b, batch in enumerate(tqdm(batches, total=steps, desc=desc, disable=not progress,
+                                   leave=False)):
+        images = sharding.shard_batch(batch["image"], mesh)
+        chunks.append((score(params, batch_stats, images, jax.random.fold_in(key, b)),
+                       batch["mask"]))
+    return np.concatenate([np.asarray(s)[m] for s, m in chunks])
