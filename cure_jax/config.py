@@ -38,6 +38,7 @@ from cure_jax.methods.random_label import RandomLabelConfig
 from cure_jax.methods.retrain import RetrainConfig
 from cure_jax.methods.scrub import ScrubConfig
 from cure_jax.methods.unsir import UnsirConfig
+from cure_jax.quality import QualityConfig
 from cure_jax.search import ForgetConfig
 
 
@@ -239,6 +240,7 @@ class Config:
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     forget: ForgetConfig = ForgetConfig()  # forget requests from photos (cure_jax.forget)
+    quality: QualityConfig = QualityConfig()  # quality-aware unlearning (quality_unlearn)
 
 
 class ConfigError(ValueError):

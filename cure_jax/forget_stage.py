@@ -21,9 +21,7 @@ refused request changes nothing on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import pathlib
 from typing import NamedTuple
 
@@ -244,36 +242,22 @@ def refuse_unservable(result: Search, config) -> None:
 
 
 def request_config(config, num_forget: int, mesh):
-    """The config sized to a request of `num_forget` images: student batches of at most the
-    images found (a multiple of the devices), epochs for `forget.steps` steps with every
-    epoch-valued setting scaled alike, and at most `forget.forget_clusters` CURE clusters."""
-    student = config.student
-    batch = min(student.batch_size, num_forget) // mesh.size * mesh.size
-    if batch < 1:
-        raise RequestRefused(f"{num_forget} images cannot fill a batch on {mesh.size} devices")
-    steps_per_epoch = num_forget // batch
-    epochs = max(1, math.ceil(config.forget.steps / steps_per_epoch))
-    scale = epochs / student.epochs
-    student = dataclasses.replace(
-        student, batch_size=batch, epochs=epochs,
-        milestones=tuple(m * scale for m in student.milestones),
-        warmup_epochs=student.warmup_epochs * scale)
-    clusters = max(1, min(config.cure.forget_clusters, config.forget.forget_clusters,
-                          num_forget // 2))
-    cure = dataclasses.replace(config.cure, forget_clusters=clusters,
-                               refresh_every=config.cure.refresh_every * scale)
-    sized = dataclasses.replace(config, student=student, cure=cure)
-    config_lib.validate(sized)
-    return sized
+    """The config sized to a request of `num_forget` images (`stages.sized_for_images`):
+    `forget.steps` steps, at most `forget.forget_clusters` CURE clusters."""
+    try:
+        return stages.sized_for_images(
+            config, num_forget, mesh, steps=config.forget.steps,
+            max_clusters=min(config.cure.forget_clusters, config.forget.forget_clusters))
+    except config_lib.ConfigError:
+        raise
+    except ValueError as err:
+        raise RequestRefused(str(err)) from err
 
 
 def request_split(data, found: np.ndarray, forgotten: list[int]) -> RequestSplit:
     """The method's view: forget = the images found; retain = every other training image not
     forgotten before. No labels."""
-    retain = data.train_indices[~np.isin(data.train_indices, np.concatenate(
-        [found, np.asarray(forgotten, np.int64)]))]
-    empty = np.zeros(0, np.int64)
-    return RequestSplit(empty, np.asarray(found, np.int64), retain, empty, empty)
+    return stages.image_split(data, found, forgotten)
 
 
 def train_student(config, folder: pathlib.Path, mesh, data, teacher_run, model: Model,

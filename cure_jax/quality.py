@@ -33,6 +33,9 @@ dimension, M stochastic passes.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Annotated, Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,12 +43,30 @@ from flax import nnx
 from tqdm import tqdm
 
 from cure_jax import sharding
+from cure_jax.fields import Count, CountOrZero, Range
 from cure_jax.losses.common import l2_normalize
 from cure_jax.models.iresnet import IResNet
 from data_pipelines.pipelines import eval_batches
 
 SCORES = ("serfiq", "grafiqs", "norm")
 GRAFIQS_TARGETS = ("image", "stage1", "stage2", "stage3", "stage4")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+    """Quality-aware unlearning (`python -m cure_jax.quality_unlearn`, SPEC section 6)."""
+
+    # The teacher's score of each image: the embedding norm validated best on the synthetic
+    # faces (docs/quality.md), and it costs nothing (read off the cached embeddings).
+    score: Literal["norm", "serfiq", "grafiqs"] = "norm"
+    # Training images scored below this percentile are forgotten (the paper's 35th).
+    percentile: Annotated[float, Range(0.0, 100.0, low_open=True, high_open=True)] = 35.0
+    # The method's budget: student steps of one forget batch each, whatever the images found
+    # (the default CURE run's 20 epochs of 10 batches); epoch-valued settings scale alike.
+    steps: Count = 200
+    # CURE's forget clusters over the images found, which span every person: 0 takes
+    # `baselines.clusters` (the number of people the label-free methods assume).
+    forget_clusters: CountOrZero = 0
 
 
 def trunk_with_bn_inputs(model: IResNet, images_BxSxSx3: jax.Array, *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import time
@@ -164,13 +165,15 @@ class Start(NamedTuple):
 
 
 def start(config, workdir: pathlib.Path, method_names: list[str],
-          jobs: tuple[Job, ...] = ()) -> Start:
+          jobs: tuple[Job, ...] = (), checks: tuple[Callable, ...] = ()) -> Start:
     """Every check a run can make before any work (config, devices, run folders, data, each
     method's request), then the run folder's config: a failed start changes nothing on disk.
 
     Args:
       method_names: methods run with `config` in `workdir/<method>`.
       jobs: further runs with configs and folders of their own, on the same teacher.
+      checks: a command's own checks, each called with the data and the mesh once they are
+        loaded, before anything is written.
 
     Raises:
       ConfigError, ValueError, FileNotFoundError: naming what is wrong.
@@ -189,6 +192,8 @@ def start(config, workdir: pathlib.Path, method_names: list[str],
     preflight(config, data, mesh)
     splits = {name: request_split(with_method(config, name), data) for name in method_names}
     job_splits = tuple(request_split(job.config, data) for job in jobs)
+    for check in checks:
+        check(data, mesh)
     check_drawn_pairs(workdir, data)
     write_folder_config(workdir, config)
     if data.drawn_pairs and not (workdir / DRAWN_PAIRS_FILE).exists():
@@ -256,6 +261,43 @@ def request_split(config, data) -> RequestSplit:
     if spec.check is not None:
         spec.check(config, len(split.forget), len(split.retain))
     return split
+
+
+def image_split(data, forget: np.ndarray, excluded=()) -> RequestSplit:
+    """A request by images rather than people: forget = the training records `forget`; retain =
+    every other training record not in `excluded` (images forgotten before). No identities."""
+    forget = np.asarray(forget, np.int64)
+    gone = np.concatenate([forget, np.asarray(excluded, np.int64)])
+    retain = data.train_indices[~np.isin(data.train_indices, gone)]
+    empty = np.zeros(0, np.int64)
+    return RequestSplit(empty, forget, retain, empty, empty)
+
+
+def sized_for_images(config, num_forget: int, mesh, *, steps: int, max_clusters: int):
+    """`config` sized to a forget set of `num_forget` images: student batches of at most that
+    many (a multiple of the devices), epochs for `steps` steps with every epoch-valued setting
+    scaled alike, and at most `max_clusters` CURE forget clusters (and half the images).
+
+    Raises:
+      ValueError: the images cannot fill a batch on the devices.
+      ConfigError: a sized value out of its range.
+    """
+    student = config.student
+    batch = min(student.batch_size, num_forget) // mesh.size * mesh.size
+    if batch < 1:
+        raise ValueError(f"{num_forget} images cannot fill a batch on {mesh.size} devices")
+    epochs = max(1, math.ceil(steps / (num_forget // batch)))
+    scale = epochs / student.epochs
+    student = dataclasses.replace(
+        student, batch_size=batch, epochs=epochs,
+        milestones=tuple(m * scale for m in student.milestones),
+        warmup_epochs=student.warmup_epochs * scale)
+    cure = dataclasses.replace(config.cure,
+                               forget_clusters=max(1, min(max_clusters, num_forget // 2)),
+                               refresh_every=config.cure.refresh_every * scale)
+    sized = dataclasses.replace(config, student=student, cure=cure)
+    config_lib.validate(sized)
+    return sized
 
 
 def unlearn_context(config, folder: pathlib.Path, mesh, data, teacher_run: TeacherRun,

@@ -70,7 +70,7 @@ class VerificationResult(NamedTuple):
     num_pairs: int
 
 
-def _contiguous_folds(num_pairs: int, num_folds: int) -> np.ndarray:
+def contiguous_folds(num_pairs: int, num_folds: int) -> np.ndarray:
     """Fold id of each pair, as `sklearn.model_selection.KFold(num_folds, shuffle=False)`."""
     sizes = np.full(num_folds, num_pairs // num_folds)
     sizes[: num_pairs % num_folds] += 1  # KFold gives the remainder to the first folds
@@ -142,7 +142,7 @@ def _validate(dist_P, issame_P, folds_P, num_folds: int, far_target: float):
             raise ValueError(f"num_folds must be >= 1, got {num_folds}")
         if dist_P.size < num_folds:
             raise ValueError(f"need at least num_folds={num_folds} pairs, got {dist_P.size}")
-        return _contiguous_folds(dist_P.size, num_folds)
+        return contiguous_folds(dist_P.size, num_folds)
     folds_P = np.asarray(folds_P)
     if folds_P.shape != dist_P.shape:
         raise ValueError(f"folds must have the shape of dist {dist_P.shape}, got {folds_P.shape}")
