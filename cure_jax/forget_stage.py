@@ -7,9 +7,9 @@ request, the student of request k - 1 for request k. In order:
    ledger and nothing changes; one that was interrupted resumes.
 2. The photos are aligned (or taken as prepared) and embedded with the model (flip test).
 3. The search threshold is calibrated on the model's verification people for this many photos
-   at `forget.far`; the photos must agree with one another at it (one person), and the
-   training images above it are the request's forget set. Nothing of the identity labels is
-   read up to here.
+   at `forget.far`; the training images above it are the request's forget set, and the photos,
+   each compared alone with those images, must show one person (`search.photo_groups`).
+   Nothing of the identity labels is read up to here.
 4. The method (`unlearn.method`) runs with the images found as its forget set and every other
    training image not forgotten before as its retain set, sized to the request
    (`request_config`); its student is saved in `requests/<k>/student`.
