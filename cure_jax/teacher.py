@@ -25,7 +25,7 @@ from cure_jax.steps import make_step
 from data_pipelines.pipelines import SubsetSource, train_dataset, train_iterator
 
 if TYPE_CHECKING:
-    from cure_jax.config import ModelConfig
+    from cure_jax.sections import ModelConfig
 
 
 class TrainState(NamedTuple):

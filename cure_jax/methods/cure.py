@@ -41,8 +41,8 @@ from cure_jax.steps import make_step
 from data_pipelines.pipelines import ArraySource
 
 if TYPE_CHECKING:
-    from cure_jax.config import OptimConfig
     from cure_jax.methods.dispersion import DispersionConfig
+    from cure_jax.sections import OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)

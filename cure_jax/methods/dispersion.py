@@ -22,7 +22,7 @@ from cure_jax.methods.base import Backbone, UnlearnContext, register
 from cure_jax.methods.cure import CureConfig, check_request, unlearn
 
 if TYPE_CHECKING:
-    from cure_jax.config import OptimConfig
+    from cure_jax.sections import OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.models.convert.onnx_graph import Node, OnnxImportError, dequantize_linear
+from cure_jax.models.convert.onnx_nodes import Node, OnnxImportError, dequantize_linear
 
 
 class Op(NamedTuple):
