@@ -30,6 +30,7 @@ from cure_jax.models import pretrained
 from cure_jax.models.backbone import Backbone, split_model
 from cure_jax.models.convert.onnx_import import OnnxBackbone, import_onnx
 from cure_jax.models.convert.torch_state import load_arcface_iresnet
+from cure_jax.models.iresnet import in_float32
 from data_pipelines.pipelines import normalize
 
 MAX_EXPORT_DIFFERENCE = 1e-4
@@ -113,7 +114,9 @@ def export_backbone(config, graph_eval: nnx.GraphDef, backbone: Backbone, path_s
       ExportError: the file's embeddings differ from the model's by more than
         `MAX_EXPORT_DIFFERENCE`.
     """
-    model = nnx.merge(graph_eval, backbone.params, backbone.batch_stats)
+    # A file holds float32 weights and computes in float32, whatever `model.dtype` trained with:
+    # the check compares it with the float32 evaluation of the same parameters.
+    model = in_float32(nnx.merge(graph_eval, backbone.params, backbone.batch_stats))
     path = path_stem.with_suffix(export_format(config))
     if isinstance(model, OnnxBackbone):
         digest = export.export_onnx_backbone(model, path)

@@ -100,6 +100,10 @@ class ModelConfig:
     # CosFace cosine margin, or ArcFace angular margin in radians (0.5 is usual).
     margin: Annotated[float, Range(0.0, 1.5)] = 0.35
     straight_through: bool = True  # arcface_torch: the margin does not enter the gradient
+    # The IResNet's compute dtype. bfloat16 is mixed precision for GPUs and TPUs: convolutions,
+    # dense layer and activations in bfloat16; parameters, optimiser state, batch-norm statistics,
+    # embeddings and losses in float32. Exports are float32. Meant for accelerators.
+    dtype: Literal["float32", "bfloat16"] = "float32"
     # A pretrained backbone to start from: an .onnx file or an arcface_torch .pth ("" = train
     # from scratch). A relative path is looked up from the working directory, then in the shared
     # models folder ($CURE_JAX_MODELS, else ../shared/models beside the repository). The file
@@ -117,6 +121,9 @@ class ModelConfig:
         if (self.freeze_before or self.freeze_layers) and not self.pretrained:
             out.append("{p}freeze_before / {p}freeze_layers keep pretrained layers as imported: "
                        "they need {p}pretrained")
+        if self.dtype != "float32" and self.pretrained:
+            out.append(f"{{p}}dtype={self.dtype} applies to the IResNets built here; a "
+                       "{p}pretrained file computes in float32")
         if self.freeze_before and self.freeze_layers:
             out.append(f"{{p}}freeze_before={self.freeze_before!r} and {{p}}freeze_layers="
                        f"{self.freeze_layers} both given; set one of them")

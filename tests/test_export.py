@@ -14,7 +14,7 @@ from cure_jax.export import (
     save_arcface_pth,
 )
 from cure_jax.models.convert.onnx_import import import_onnx
-from cure_jax.models.iresnet import IResNet
+from cure_jax.models.iresnet import IResNet, in_float32
 from tests import onnx_graphs
 from tests.test_onnx_import import REPO, SFACE, lfw_faces, normalise, save, shared_path
 from tests.test_torch_state import random_iresnet
@@ -119,3 +119,27 @@ def test_iresnet_pth_loads_into_the_twin_and_matches(tmp_path):
     with torch.no_grad():
         got = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     assert np.max(np.abs(got - eval_embed(model, x))) <= 1e-4
+
+
+def test_a_bfloat16_backbone_exports_as_its_float32_evaluation(tmp_path):
+    """A mixed-precision IResNet goes out with float32 weights computing in float32: the check
+    holds the file to the float32 evaluation of the same arrays, within 1e-4."""
+    from cure_jax import model_files
+    from cure_jax.config import Config, ModelConfig
+    from cure_jax.models.backbone import Backbone, build_model, split_model
+
+    config = Config(model=ModelConfig(width=0.125, embedding_dim=32, dtype="bfloat16"))
+    model = build_model(config.model, num_classes=4, image_size=32, seed=0)
+    perturb(model, 1)
+    graphs, params, batch_stats = split_model(model.backbone)
+    pixels = np.asarray(jax.random.randint(jax.random.key(3), (4, 32, 32, 3), 0, 256), np.uint8)
+    record = model_files.export_backbone(config, graphs.eval, Backbone(params, batch_stats),
+                                         tmp_path / "student", pixels, who="student")
+    assert record["student_export_max_abs_diff"] <= 1e-4
+    images = (pixels.astype(np.float32) / 255 - 0.5) / 0.5
+    session_input = ort.InferenceSession(str(tmp_path / "student.onnx")).get_inputs()[0].name
+    exported = run_onnx(tmp_path / "student.onnx", {session_input: images.transpose(0, 3, 1, 2)})
+    as_float32 = np.asarray(in_float32(nnx.merge(graphs.eval, params, batch_stats))(images))
+    mixed = np.asarray(nnx.merge(graphs.eval, params, batch_stats)(images))
+    assert np.max(np.abs(exported - as_float32)) <= 1e-4
+    assert np.max(np.abs(exported - mixed)) > 1e-3  # the bfloat16 evaluation itself differs

@@ -8,7 +8,7 @@ from flax import nnx
 
 from cure_jax.config import ModelConfig
 from cure_jax.losses.common import l2_normalize
-from cure_jax.models.backbone import build_model
+from cure_jax.models.backbone import build_model, split_model
 from cure_jax.models.heads import CosineHead, FaceModel, cosine_logits
 from cure_jax.models.iresnet import DEPTHS, IResNet
 
@@ -117,3 +117,62 @@ def test_build_model_is_one_compile_with_the_op_by_op_arrays(depth, width, size,
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs),
                             strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+
+
+def _functional(model):
+    """(graph, state, f(state, images) -> embeddings) of a model's backbone in training mode."""
+    graph, state = nnx.split(model)
+
+    def embed(state, images):
+        return nnx.merge(graph, state).backbone(images)
+
+    return state, embed
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_embeddings():
+    kwargs = dict(num_classes=8, image_size=32, seed=1)
+    plain = build_model(ModelConfig(width=0.125, embedding_dim=32), **kwargs)
+    mixed = build_model(ModelConfig(width=0.125, embedding_dim=32, dtype="bfloat16"), **kwargs)
+    for a, b in zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(mixed)),
+                    strict=True):
+        assert b.dtype == jnp.float32 and np.array_equal(np.asarray(a), np.asarray(b))
+    images = jax.random.uniform(jax.random.key(2), (16, 32, 32, 3), minval=-1.0, maxval=1.0)
+    state, embed = _functional(mixed)
+    jaxpr = jax.make_jaxpr(embed)(state, images)
+    convolutions = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"]
+    assert len(convolutions) == 21  # stem + 2 per block (8 blocks) + 4 shortcuts
+    assert all(v.aval.dtype == jnp.bfloat16 for eqn in convolutions for v in eqn.invars)
+    out_mixed = embed(state, images)
+    assert out_mixed.dtype == jnp.float32
+    plain_state, plain_embed = _functional(plain)
+    out_plain = plain_embed(plain_state, images)
+    cosines = jnp.sum(l2_normalize(out_mixed) * l2_normalize(out_plain), axis=-1)
+    assert float(jnp.min(cosines)) > 0.99  # bfloat16 keeps 8 bits of mantissa
+
+
+def test_bfloat16_gradients_are_float32_and_close_to_float32_ones():
+    kwargs = dict(num_classes=8, image_size=32, seed=1)
+    images = jax.random.uniform(jax.random.key(2), (16, 32, 32, 3), minval=-1.0, maxval=1.0)
+    grads = []
+    for dtype in ("float32", "bfloat16"):
+        model = build_model(ModelConfig(width=0.125, embedding_dim=32, dtype=dtype), **kwargs)
+        graphs, params, batch_stats = split_model(model)
+
+        def loss(params, graph=graphs.eval, batch_stats=batch_stats):
+            embeddings = nnx.merge(graph, params, batch_stats).backbone(images)
+            return jnp.mean(jnp.sum(l2_normalize(embeddings)[:, :4], axis=-1))
+
+        grads.append(jax.grad(loss)(params))
+    flat = [jnp.concatenate([g.ravel() for g in jax.tree.leaves(tree)]) for tree in grads]
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads[1]))
+    cosine = jnp.dot(flat[0], flat[1]) / (jnp.linalg.norm(flat[0]) * jnp.linalg.norm(flat[1]))
+    assert float(cosine) > 0.98
+    assert abs(float(jnp.linalg.norm(flat[1]) / jnp.linalg.norm(flat[0])) - 1) < 0.05
+
+
+def test_bfloat16_is_refused_for_a_pretrained_file():
+    from cure_jax.config import Config, ConfigError, validate
+
+    config = Config(model=ModelConfig(dtype="bfloat16", pretrained="sface.onnx"))
+    with pytest.raises(ConfigError, match="model.dtype=bfloat16"):
+        validate(config)

@@ -19,6 +19,9 @@ from cure_jax.models import pretrained
 from cure_jax.models.heads import CosineHead, FaceModel
 from cure_jax.models.iresnet import CONV_INIT_STDDEV, IResNet
 
+# `model.dtype` -> the IResNet's compute dtype (None: float32 throughout).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
 
 class Graphs(NamedTuple):
     """Static module structure in training mode and in evaluation mode (same arrays)."""
@@ -105,7 +108,7 @@ def _fresh_iresnet(config, *, num_classes: int, image_size: int, seed: int) -> F
         rngs = nnx.Rngs(params=key)
         backbone = IResNet(config.depth, width=config.width, input_size=image_size,
                            embedding_dim=config.embedding_dim, dropout=config.dropout, rngs=rngs,
-                           conv_init=conv_init)
+                           conv_init=conv_init, dtype=COMPUTE_DTYPES[config.dtype])
         return FaceModel(backbone, CosineHead(config.embedding_dim, num_classes, rngs=rngs))
 
     def initialise(key):

@@ -6,6 +6,11 @@ BN, conv3x3, BN, PReLU, conv3x3(stride), BN, added to the shortcut (conv1x1 + BN
 changes) with no activation after the sum; head BN, dropout, flatten, dense to the embedding, BN
 with its scale fixed at 1. Images are NHWC in [-1, 1].
 
+With `dtype=jnp.bfloat16` (mixed precision, for GPUs and TPUs) the convolutions, the dense layer,
+the batch norms' outputs and the PReLUs compute in bfloat16; the parameters, the batch-norm
+statistics (reduced in float32) and the returned embeddings stay float32. `dtype=None` is plain
+float32.
+
 Train / eval behaviour (batch statistics vs running averages, dropout) is a static attribute of the
 modules: `nnx.view(model, use_running_average=True, deterministic=True)` gives the eval view that
 shares the same arrays.
@@ -26,16 +31,18 @@ _conv_init = nnx.initializers.normal(CONV_INIT_STDDEV)
 _PAD1 = ((1, 1), (1, 1))  # explicit, to match PyTorch's padding=1 for stride-2 convolutions too
 
 
-def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True) -> nnx.BatchNorm:
+def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True,
+        dtype: jnp.dtype | None = None) -> nnx.BatchNorm:
     # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5.
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, rngs=rngs)
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, dtype=dtype,
+                         rngs=rngs)
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs,
-          init: nnx.Initializer = _conv_init) -> nnx.Conv:
+          init: nnx.Initializer = _conv_init, dtype: jnp.dtype | None = None) -> nnx.Conv:
     padding = _PAD1 if kernel == 3 else ((0, 0), (0, 0))
     return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding, use_bias=False,
-                    kernel_init=init, rngs=rngs)
+                    kernel_init=init, dtype=dtype, rngs=rngs)
 
 
 class PReLU(nnx.Module):
@@ -45,23 +52,24 @@ class PReLU(nnx.Module):
         self.slope = nnx.Param(jnp.full((channels,), 0.25, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.where(x >= 0, x, self.slope[...] * x)
+        # In the input's dtype: a float32 slope would lift bfloat16 activations to float32.
+        return jnp.where(x >= 0, x, self.slope[...].astype(x.dtype) * x)
 
 
 class IBasicBlock(nnx.Module):
     """The insightface residual block (BN-conv-BN-PReLU-conv-BN plus shortcut)."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs,
-                 conv_init: nnx.Initializer = _conv_init):
-        self.bn1 = _bn(cin, rngs)
-        self.conv1 = _conv(cin, cout, 3, 1, rngs, conv_init)
-        self.bn2 = _bn(cout, rngs)
+                 conv_init: nnx.Initializer = _conv_init, dtype: jnp.dtype | None = None):
+        self.bn1 = _bn(cin, rngs, dtype=dtype)
+        self.conv1 = _conv(cin, cout, 3, 1, rngs, conv_init, dtype)
+        self.bn2 = _bn(cout, rngs, dtype=dtype)
         self.prelu = PReLU(cout)
-        self.conv2 = _conv(cout, cout, 3, stride, rngs, conv_init)
-        self.bn3 = _bn(cout, rngs)
+        self.conv2 = _conv(cout, cout, 3, stride, rngs, conv_init, dtype)
+        self.bn3 = _bn(cout, rngs, dtype=dtype)
         if stride != 1 or cin != cout:
-            self.down_conv = _conv(cin, cout, 1, stride, rngs, conv_init)
-            self.down_bn = _bn(cout, rngs)
+            self.down_conv = _conv(cin, cout, 1, stride, rngs, conv_init, dtype)
+            self.down_bn = _bn(cout, rngs, dtype=dtype)
         else:
             self.down_conv = None
             self.down_bn = None
@@ -82,9 +90,9 @@ class IResNet(nnx.Module):
 
     def __init__(self, depth: str = "r18", *, width: float = 1.0, input_size: int = 112,
                  embedding_dim: int = 512, dropout: float = 0.0, rngs: nnx.Rngs,
-                 conv_init: nnx.Initializer = _conv_init):
+                 conv_init: nnx.Initializer = _conv_init, dtype: jnp.dtype | None = None):
         """`conv_init(key, shape, dtype)` draws the convolution kernels (arcface_torch's
-        N(0, 0.1^2) by default)."""
+        N(0, 0.1^2) by default); `dtype` is the compute dtype (module docstring)."""
         if depth not in DEPTHS:
             raise ValueError(f"unknown IResNet depth {depth!r}; valid: {', '.join(DEPTHS)}")
         if input_size not in INPUT_SIZES:
@@ -92,23 +100,25 @@ class IResNet(nnx.Module):
         if width <= 0:
             raise ValueError(f"width={width} must be positive")
         channels = [max(8, int(round(c * width))) for c in STAGE_CHANNELS]
-        self.stem_conv = _conv(3, channels[0], 3, 1, rngs, conv_init)
-        self.stem_bn = _bn(channels[0], rngs)
+        self.stem_conv = _conv(3, channels[0], 3, 1, rngs, conv_init, dtype)
+        self.stem_bn = _bn(channels[0], rngs, dtype=dtype)
         self.stem_prelu = PReLU(channels[0])
         blocks = []
         cin = channels[0]
         for cout, count in zip(channels, DEPTHS[depth], strict=True):
             for i in range(count):
                 blocks.append(IBasicBlock(cin, cout, 2 if i == 0 else 1, rngs=rngs,
-                                          conv_init=conv_init))
+                                          conv_init=conv_init, dtype=dtype))
                 cin = cout
         self.blocks = nnx.List(blocks)
-        self.final_bn = _bn(cin, rngs)
+        self.final_bn = _bn(cin, rngs, dtype=dtype)
         self.dropout = nnx.Dropout(dropout)  # its key comes with each call
         spatial = input_size // 16
-        self.fc = nnx.Linear(cin * spatial * spatial, embedding_dim, rngs=rngs)
+        self.fc = nnx.Linear(cin * spatial * spatial, embedding_dim, dtype=dtype, rngs=rngs)
         # arcface_torch freezes this BN's weight at 1: no scale parameter is the same thing.
-        self.features = _bn(embedding_dim, rngs, use_scale=False)
+        # Its output, the embedding, is float32 whatever the compute dtype: losses read it.
+        self.features = _bn(embedding_dim, rngs, use_scale=False,
+                            dtype=None if dtype is None else jnp.float32)
         self.input_size = input_size
         self.embedding_dim = embedding_dim
 
@@ -129,3 +139,12 @@ class IResNet(nnx.Module):
         x = x.reshape(x.shape[0], -1)
         x = self.dropout(x, rngs=dropout_key)
         return self.features(self.fc(x))
+
+
+def in_float32(model: nnx.Module) -> nnx.Module:
+    """`model` with every convolution, dense layer and batch norm computing in float32 (on the
+    same arrays): a mixed-precision model as its float32 export computes."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Conv | nnx.Linear | nnx.BatchNorm):
+            module.dtype = None
+    return model
