@@ -12,7 +12,8 @@ from cure_jax.loop import NonFiniteLossError
 
 # Errors a user can cause (a bad value, a missing file, a request that cannot be served): printed
 # as one line, exit status 1.
-RUN_ERRORS = (config_lib.ConfigError, NonFiniteLossError, FileNotFoundError, ValueError)
+RUN_ERRORS = (config_lib.ConfigError, NonFiniteLossError, FileNotFoundError, NotADirectoryError,
+              ValueError)
 
 
 def run_parser(prog: str, doc: str) -> argparse.ArgumentParser:

@@ -77,6 +77,16 @@ def test_bad_values_stop_at_parsing_and_touch_nothing(tmp_path, capsys, override
     assert not workdir.exists()
 
 
+def test_a_file_as_the_data_root_is_named(tmp_path, capsys):
+    a_file = tmp_path / "pairs.txt"
+    a_file.write_text("10\t300\n")
+    workdir = tmp_path / "run"
+    assert train.main(["--config", "smoke", "--workdir", str(workdir), "--set",
+                       "data.source=folder", "--set", f"data.root={a_file}"]) == 1
+    assert f"{a_file}' is not a directory" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("unlearn.method=nope", "unknown unlearning method 'nope'"),
     ("data.source=folder", "data.root"),
