@@ -299,9 +299,14 @@ def _files_rows(results: dict) -> str:
             f"`{first['pretrained_sha256']}`"])
     rows.append(["teacher", _pct(first.get("verification_before")), f"`{first['teacher_file']}`",
                  f"`{first['teacher_sha256']}`"])
-    rows += [[name, _pct(m.get("verification_after")), f"`{m.get('student_file', '-')}`",
-              f"`{m.get('student_sha256', '-')}`"] for name, m in results.items()]
+    rows += [[name, _pct(m.get("verification_after")), _code(m.get("student_file", "-")),
+              _code(m.get("student_sha256", "-"))] for name, m in results.items()]
     return table(["model", "verification", "file", "sha256"], rows)
+
+
+def _code(value) -> str:
+    """A value as code in a table cell; a list (one per seed) as one code span each."""
+    return "<br>".join(f"`{v}`" for v in value) if isinstance(value, list) else f"`{value}`"
 
 
 def axis_limits(centres, errors=None, *, pad: float = 0.08, low: float = 0.0,

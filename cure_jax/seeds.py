@@ -118,10 +118,12 @@ def aggregate(runs: list[dict]) -> dict:
     Returns:
       A dict with every key that all runs have: each number a `Spread` (also where the seeds
       agree, so that every measurement reads `mean ± std`), except the descriptive keys
-      (`DESCRIPTIVE_KEYS`) and other values that every seed agrees on, which stay as they are.
+      (`DESCRIPTIVE_KEYS`) and other values that every seed agrees on, which stay as they are;
+      other values that differ (each seed's student file and its digest) as the list of them,
+      in seed order.
 
     Raises:
-      ValueError: no runs, or a key whose values differ but are not all numbers.
+      ValueError: no runs, or runs that differ in a descriptive key (other methods).
     """
     if not runs:
         raise ValueError("aggregate needs at least one run")
@@ -133,11 +135,12 @@ def aggregate(runs: list[dict]) -> dict:
         agree = all(value == values[0] for value in values)
         if agree and (key in DESCRIPTIVE_KEYS or not _is_number(values[0])):
             out[key] = values[0]
+        elif key in DESCRIPTIVE_KEYS:  # runs of different methods do not aggregate
+            raise ValueError(f"{key!r} differs between the runs: {values}")
         elif all(_is_number(value) for value in values):
             out[key] = spread([float(value) for value in values])
         else:
-            raise ValueError(f"metric {key!r} differs between seeds and is not a number: "
-                             f"{values}")
+            out[key] = values
     return out
 
 

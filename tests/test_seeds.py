@@ -60,6 +60,9 @@ def test_aggregate_spreads_measurements_and_keeps_what_describes_the_run():
     assert isinstance(merged["forget_images"], seeds.Spread)
     assert "only_here" not in merged
     assert seeds.to_json(merged)["ues"]["std"] == pytest.approx(merged["ues"].std)
+    files = seeds.aggregate([{"student_file": "seed0/cure/student.onnx"},
+                             {"student_file": "seed1/cure/student.onnx"}])
+    assert files["student_file"] == ["seed0/cure/student.onnx", "seed1/cure/student.onnx"]
     with pytest.raises(ValueError, match="method"):
         seeds.aggregate([{"method": "cure"}, {"method": "dispersion"}])
     with pytest.raises(ValueError):
