@@ -7,7 +7,9 @@ graph as ONNX (`export.export_onnx_backbone`), an IResNet from an arcface_torch 
 arcface_torch-style ONNX graph. Every file is checked against the JAX model on a few of the
 run's faces before it is reported: onnxruntime runs an ONNX file when it is installed (else the
 package's own importer reads it back), a `.pth` is read back by the package's importer; the
-largest absolute embedding difference must be at most `MAX_EXPORT_DIFFERENCE`.
+largest absolute difference of the unit embeddings (what verification and retrieval compare)
+must be at most `MAX_EXPORT_DIFFERENCE`. Raw embeddings are not compared: their scale is the
+model's own (a trained IResNet's run to the hundreds), and float32 rounding grows with it.
 
 Records are flat dicts of JSON values, merged into `teacher/eval.json`-style files and
 `metrics.json`: `<who>_file`, `<who>_sha256`, `<who>_export_max_abs_diff`,
@@ -25,7 +27,7 @@ from flax import nnx
 
 from cure_jax import export, sharding
 from cure_jax.embeddings import embed_pass, make_embed_fn
-from cure_jax.evaluation import verification_metrics, verification_sets
+from cure_jax.evaluation import unit, verification_metrics, verification_sets
 from cure_jax.models import pretrained
 from cure_jax.models.backbone import Backbone, split_model
 from cure_jax.models.convert.onnx_import import OnnxBackbone, import_onnx
@@ -92,8 +94,8 @@ def _embed(model: nnx.Module, pixels: np.ndarray) -> np.ndarray:
 
 
 def check_export(model: nnx.Module, path: pathlib.Path, pixels: np.ndarray) -> tuple[float, str]:
-    """(largest absolute embedding difference, what read the file) between `model` (its
-    evaluation graph) and the file at `path`, on uint8 faces [B, S, S, 3]."""
+    """(largest absolute difference of the unit embeddings, what read the file) between `model`
+    (its evaluation graph) and the file at `path`, on uint8 faces [B, S, S, 3]."""
     expected = _embed(model, pixels)
     runtime = _onnx_runtime()
     if path.suffix == ".onnx" and runtime is not None:
@@ -102,7 +104,7 @@ def check_export(model: nnx.Module, path: pathlib.Path, pixels: np.ndarray) -> t
         got, reader = _embed(import_onnx(path), pixels), "cure_jax import_onnx"
     else:
         got, reader = _embed(load_arcface_iresnet(path), pixels), "cure_jax load_arcface_iresnet"
-    return float(np.max(np.abs(got - expected))), reader
+    return float(np.max(np.abs(unit(got) - unit(expected)))), reader
 
 
 def export_backbone(config, graph_eval: nnx.GraphDef, backbone: Backbone, path_stem: pathlib.Path,
@@ -126,11 +128,11 @@ def export_backbone(config, graph_eval: nnx.GraphDef, backbone: Backbone, path_s
         digest = export.export_iresnet_onnx(model, path)
     difference, reader = check_export(model, path, pixels)
     if not difference <= MAX_EXPORT_DIFFERENCE:
-        raise ExportError(f"{path}: the exported {who} gives embeddings up to {difference:.3g} "
-                          f"away from the JAX model's ({reader}); at most "
+        raise ExportError(f"{path}: the exported {who} gives unit embeddings up to "
+                          f"{difference:.3g} away from the JAX model's ({reader}); at most "
                           f"{MAX_EXPORT_DIFFERENCE:g} is accepted")
-    print(f"{who}: wrote {path} (sha256 {digest}); {reader} embeddings within {difference:.2g} "
-          "of the JAX model's")
+    print(f"{who}: wrote {path} (sha256 {digest}); {reader} unit embeddings within "
+          f"{difference:.2g} of the JAX model's")
     return {f"{who}_file": str(path), f"{who}_sha256": digest,
             f"{who}_export_max_abs_diff": difference, f"{who}_export_checked_with": reader}
 

@@ -119,7 +119,7 @@ def files_table(m: dict) -> str:
     for who in ("teacher", "student"):
         if f"{who}_sha256" in m:
             rows.append([who, f"`{m[f'{who}_file']}`", f"`{m[f'{who}_sha256']}`",
-                         f"max abs difference {m[f'{who}_export_max_abs_diff']:.2g} "
+                         f"unit embeddings within {m[f'{who}_export_max_abs_diff']:.2g} "
                          f"({m[f'{who}_export_checked_with']})"])
     return table(["model", "file", "sha256", "check"], rows)
 

@@ -119,7 +119,9 @@ def test_a_refused_request_changes_nothing(smoke_run, tmp_path, capsys):
 
 def test_a_killed_request_resumes(smoke_run, tmp_path):
     workdir = _copy(smoke_run, tmp_path)
-    command = [sys.executable, "-m", "tests.crash_cli", "2", "cure_jax.forget", "--config",
+    # Killed after step 3, before its checkpoint (the loop saves after `after_step`): the
+    # checkpoint of step 2 is the one to resume from.
+    command = [sys.executable, "-m", "tests.crash_cli", "3", "cure_jax.forget", "--config",
                "smoke", "--workdir", str(workdir), "--photos", str(smoke_run / "person3"),
                *DATA, *SERVE, "--set", "run.checkpoint_every=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
