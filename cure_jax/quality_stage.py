@@ -376,7 +376,7 @@ def plot_results(results: dict, subsets: dict, path: pathlib.Path, *, title: str
     ax.set_xticks(np.arange(len(suffixes)), [SUBSETS[s] for s in suffixes], fontsize=8)
     ax.set_ylabel("verification accuracy (%)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(results))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
