@@ -145,7 +145,7 @@ def model_metrics(sets: dict, data, centres_CxD: np.ndarray, subsets: dict,
     (plain, mirrored or None)}): verification per pair subset, held-out identity accuracy, and
     the identity accuracy of the training images at each of `rows` ({name: positions})."""
     metrics = {}
-    if data.verification is not None:
+    if data.verification is not None and subsets:
         metrics.update(subset_verification(*sets["verification"], data.verification, subsets))
     if len(data.holdout_indices):
         metrics["holdout_accuracy"] = identity_accuracy(
