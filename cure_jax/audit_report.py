@@ -101,7 +101,10 @@ def request_metrics(*, config, data, teacher_run, model, student, student_emb, s
                    "forgotten_before": len(data.train_indices) - len(search.candidates),
                    "groups": search.groups,
                    "photo_matches": search.photo_matches.tolist(),
-                   "photo_threshold": search.photo_calibration.threshold},
+                   "photo_threshold": search.thresholds.photo.threshold,
+                   "confirm_threshold": search.thresholds.confirm.threshold,
+                   "confirm_far": search.thresholds.confirm.far,
+                   "confirmed": search.confirmed},
         "labels": {**quality._asdict(), "name": data.identity_names[quality.identity]},
         "photo_figures": photo_figures,
         "people": _people(data, entries, runs),
@@ -196,7 +199,10 @@ def _search_blocks(m: dict) -> list[tuple]:
             ["forgotten by earlier requests (not searched)", str(s["forgotten_before"])],
             ["expected chance matches (FAR x images searched)",
              f"{s['expected_chance_matches']:.1f}"],
-            ["**images found (the forget set)**", f"**{s['found']}**"]]),
+            ["**images found (the forget set)**", f"**{s['found']}**"],
+            [f"of them above the confirmation threshold {s['confirm_threshold']:.4f} "
+             f"(false-accept rate {s['confirm_far']:g}; the person is in the training set)",
+             str(s["confirmed"])]]),
         ("p", f"With the identity labels (the evaluator's view): {lab['precision'] * 100:.2f}% "
               f"of the images found are of `{lab['name']}` (precision), and they are "
               f"{lab['recall'] * 100:.2f}% of that identity's training images (recall); "

@@ -7,8 +7,10 @@ request, the student of request k - 1 for request k. In order:
    ledger and nothing changes; one that was interrupted resumes.
 2. The photos are aligned (or taken as prepared) and embedded with the model (flip test).
 3. The search threshold is calibrated on the model's verification people for this many photos
-   at `forget.far`; the training images above it are the request's forget set, and the photos,
-   each compared alone with those images, must show one person (`search.photo_groups`).
+   at `forget.far`; the training images above it are the request's forget set. At least
+   `forget.min_images` of them must also pass the stricter confirmation threshold
+   (`forget.confirm_far`), and the photos, each compared alone with those images, must show
+   one person (`search.photo_groups`).
    Nothing of the identity labels is read up to here.
 4. The method (`unlearn.method`) runs with the images found as its forget set and every other
    training image not forgotten before as its retain set, sized to the request
@@ -33,7 +35,7 @@ from cure_jax.checkpointing import Checkpointer
 from cure_jax.embeddings import EvalEmbeddings, cached_eval_embeddings, embed_pass
 from cure_jax.models.backbone import Backbone
 from cure_jax.request_photos import load_request_photos, photo_digests, request_key
-from cure_jax.search import Calibration, calibrate, flip_unit, photo_groups, scores
+from cure_jax.search import Calibration, calibrate_rates, flip_unit, photo_groups, scores
 from data_pipelines.datasets import load_face_data
 from data_pipelines.pipelines import ArraySource
 from data_pipelines.splits import RequestSplit
@@ -51,6 +53,14 @@ class Model(NamedTuple):
     embeddings: EvalEmbeddings  # every evaluation set; training images in both orientations
 
 
+class Thresholds(NamedTuple):
+    """A request's thresholds, calibrated on the model's verification people."""
+
+    search: Calibration  # for P photos at `forget.far`: the images found
+    confirm: Calibration  # for P photos at `forget.confirm_far`: the person is in the set
+    photo: Calibration  # for one photo at `forget.far`: the photos' agreement
+
+
 class Search(NamedTuple):
     """What the search found, label-free."""
 
@@ -58,10 +68,14 @@ class Search(NamedTuple):
     candidates: np.ndarray  # record indices searched (training images not forgotten before)
     scores: np.ndarray  # float32 [N] score of every training image (data.train_indices order)
     photos: np.ndarray  # [P, D] flip-test unit embeddings of the photos
-    calibration: Calibration  # for P photos
+    thresholds: Thresholds
+    confirmed: int  # images found that also score above the confirmation threshold
     groups: list  # lists of photo indices whose matches alone share training images
     photo_matches: np.ndarray  # int [P] training images each photo matches alone
-    photo_calibration: Calibration  # for one photo (the verification pairs' threshold)
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.thresholds.search
 
 
 def check_config(config) -> None:
@@ -171,39 +185,46 @@ def unit_sets(embeddings: EvalEmbeddings, config) -> tuple[np.ndarray, np.ndarra
     return train, flip_unit(plain, mirrored if config.eval.flip else None)
 
 
-def calibrations(config, data, model: Model, count: int) -> tuple[Calibration, Calibration]:
-    """The thresholds of requests of `count` photos and of one photo (each photo alone),
-    calibrated on the model's verification people."""
+def calibrations(config, data, model: Model, count: int) -> Thresholds:
+    """The thresholds of requests of `count` photos (search and confirmation) and of one photo
+    (each photo alone), calibrated on the model's verification people."""
     _, verification_VxD = unit_sets(model.embeddings, config)
     labels_V = data.verification.source.labels
-    kwargs = dict(far=config.forget.far, statistic=config.forget.statistic,
-                  templates=config.forget.templates, seed=config.run.seed)
+    forget = config.forget
+    kwargs = dict(statistic=forget.statistic, templates=forget.templates, seed=config.run.seed)
+    # The confirmation is never looser than the search.
+    fars = (forget.far, min(forget.confirm_far, forget.far))
     try:
-        single = calibrate(verification_VxD, labels_V, template_size=1, **kwargs)
-        return (single if count == 1 else
-                calibrate(verification_VxD, labels_V, template_size=count, **kwargs)), single
+        (single,) = calibrate_rates(verification_VxD, labels_V, template_size=1,
+                                    fars=fars[:1], **kwargs)
+        search_at, confirm_at = calibrate_rates(verification_VxD, labels_V,
+                                                template_size=count, fars=fars, **kwargs)
     except ValueError as err:
-        raise RequestRefused(str(err)) from err
+        raise RequestRefused(f"{err} (forget.far={forget.far:g}, forget.confirm_far="
+                             f"{forget.confirm_far:g})") from err
+    return Thresholds(search_at, confirm_at, single)
 
 
 def search(config, data, model: Model, photos_PxD: np.ndarray, forgotten: list[int], *,
-           calibrated: tuple[Calibration, Calibration] | None = None) -> Search:
+           calibrated: Thresholds | None = None) -> Search:
     """Calibrates (unless `calibrated` is given), checks that the photos show one person, and
     finds their training images among those not `forgotten` (record indices).
 
     Raises:
-      RequestRefused: the photos disagree, or match no image, one image, or most of the set.
+      RequestRefused: the photos disagree, or match no image, one image, too few images
+        closely enough, or most of the set.
     """
-    calibration, single = calibrated or calibrations(config, data, model, len(photos_PxD))
+    thresholds = calibrated or calibrations(config, data, model, len(photos_PxD))
     train_NxD, _ = unit_sets(model.embeddings, config)
     candidate = ~np.isin(data.train_indices, forgotten)
     result_scores = scores(photos_PxD, train_NxD, statistic=config.forget.statistic)
-    found_rows = np.flatnonzero(candidate & (result_scores > calibration.threshold))
+    found_rows = np.flatnonzero(candidate & (result_scores > thresholds.search.threshold))
+    confirmed = int(np.sum(result_scores[found_rows] > thresholds.confirm.threshold))
     # One person: the photos are grouped by the images found that each one matches alone.
     groups, photo_matches = photo_groups(photos_PxD, train_NxD[found_rows],
-                                         threshold=single.threshold)
+                                         threshold=thresholds.photo.threshold)
     result = Search(data.train_indices[found_rows], data.train_indices[candidate],
-                    result_scores, photos_PxD, calibration, groups, photo_matches, single)
+                    result_scores, photos_PxD, thresholds, confirmed, groups, photo_matches)
     refuse_unservable(result, config)
     return result
 
@@ -219,7 +240,7 @@ def refuse_unservable(result: Search, config) -> None:
                               for group in result.groups)
         raise RequestRefused(
             f"the photos do not show one person: {groups} match different training images "
-            f"(each photo alone, threshold {result.photo_calibration.threshold:.3f} at the "
+            f"(each photo alone, threshold {result.thresholds.photo.threshold:.3f} at the "
             f"false-accept rate {forget.far:g}). Send photos of one person only")
     count, total = len(result.found), len(result.candidates)
     expected = forget.far * total
@@ -239,6 +260,17 @@ def refuse_unservable(result: Search, config) -> None:
             f"{count} of the {total} training images match these photos {at}, more than "
             f"forget.max_share={forget.max_share:g} of them: the photos do not single out one "
             "person, and forgetting them would unlearn most of the model")
+    if result.confirmed < forget.min_images:
+        confirm = result.thresholds.confirm
+        raise RequestRefused(
+            f"no training image matches these photos closely enough: {count} image(s) score "
+            f"above the search threshold {threshold:.3f}, but {result.confirmed} above the "
+            f"confirmation threshold {confirm.threshold:.3f} (false-accept rate "
+            f"{confirm.far:g}), fewer than forget.min_images={forget.min_images}. A person in "
+            "the training set finds their own images well above the search threshold; these "
+            "are most likely the images of someone who resembles them. The model holds no "
+            "image of this person to forget (a stricter or looser check: --set "
+            "forget.confirm_far=...)")
 
 
 def request_config(config, num_forget: int, mesh):

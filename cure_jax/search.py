@@ -16,6 +16,14 @@ smallest value that at most `far` of those comparisons exceed. So `far` is the e
 another person's images that a request of P photos finds: about `far * N` false matches in a
 training set of N images.
 
+Whether the person is in the training set at all is judged by a stricter threshold from the same
+calibration, at `forget.confirm_far`: at least `forget.min_images` training images must score
+above it. The images found are those above the search threshold; the confirmation asks that some
+of them are far above it. Photos of someone outside the training set who resembles a training
+person find that person's images just above the search threshold (with the pretrained teacher on
+LFW, the mean score of such finds is 0.41-0.47 against a threshold of 0.40; a person's own images
+score 0.79-0.86), and are refused.
+
 Whether the images found are one person's is judged through the photos (`photo_groups`): each
 photo is compared alone with the images found, at the threshold of a one-photo request (the
 verification pairs' threshold at `far`), and photos that match a common image belong together.
@@ -46,9 +54,13 @@ class ForgetConfig:
 
     # Share of another person's images that a request may find (the search's false accepts).
     far: Annotated[float, Range(0.0, 1.0, low_open=True)] = 1e-3
+    # Stricter rate of the confirmation threshold: a request is served only when at least
+    # `min_images` training images score above it (the person is in the training set); it is
+    # never looser than `far`.
+    confirm_far: Annotated[float, Range(0.0, 1.0, low_open=True)] = 1e-4
     statistic: Literal["mean", "max"] = "mean"  # how the photos' similarities combine
     templates: Count = 4000  # calibration templates drawn from the verification people
-    min_images: Annotated[int, Range(2)] = 2  # fewer images found: refused
+    min_images: Annotated[int, Range(2)] = 2  # fewer images found (or confirmed): refused
     # A request that finds more than this share of the training set is refused.
     max_share: Annotated[float, Range(0.0, 1.0, low_open=True)] = 0.5
     # The method's budget for one request: student steps, each one forget batch of at most
@@ -152,6 +164,16 @@ def calibrate(unit_VxD: np.ndarray, labels_V: np.ndarray, *, template_size: int,
       ValueError: too few verification people, or too few impostor comparisons to resolve
         `far` (fewer than `MIN_IMPOSTORS_ABOVE / far`).
     """
+    (calibration,) = calibrate_rates(unit_VxD, labels_V, template_size=template_size,
+                                     fars=(far,), statistic=statistic, templates=templates,
+                                     seed=seed, chunk=chunk)
+    return calibration
+
+
+def calibrate_rates(unit_VxD: np.ndarray, labels_V: np.ndarray, *, template_size: int,
+                    fars: tuple[float, ...], statistic: str, templates: int = 4000,
+                    seed: int = 0, chunk: int = 256) -> tuple[Calibration, ...]:
+    """`calibrate` at each of `fars` from one set of comparisons (same arguments and errors)."""
     members_TxP, owners_T, people = _template_subsets(np.asarray(labels_V), template_size,
                                                       templates, seed)
     impostor, genuine = [], []
@@ -165,21 +187,24 @@ def calibrate(unit_VxD: np.ndarray, labels_V: np.ndarray, *, template_size: int,
             genuine.append(row_scores[same])
     impostor_I = np.sort(np.concatenate(impostor))[::-1]
     genuine_G = np.concatenate(genuine)
-    above = int(np.floor(far * impostor_I.size))
-    if above < MIN_IMPOSTORS_ABOVE:
-        raise ValueError(
-            f"the verification set gives {impostor_I.size} impostor comparisons for requests of "
-            f"{template_size} photo(s), too few to calibrate a false-accept rate of {far:g} "
-            f"(it needs {int(np.ceil(MIN_IMPOSTORS_ABOVE / far))}); raise --far or add "
-            "verification people")
-    # The `above`-th highest impostor score: at most `above` comparisons exceed it.
-    threshold = float(impostor_I[above])
-    return Calibration(
-        threshold=threshold, far=far,
-        measured_far=float(np.mean(impostor_I > threshold)),
-        tar=float(np.mean(genuine_G > threshold)), impostors=int(impostor_I.size),
-        templates=len(members_TxP), people=people, template_size=template_size,
-        statistic=statistic)
+    calibrations = []
+    for far in fars:
+        above = int(np.floor(far * impostor_I.size))
+        if above < MIN_IMPOSTORS_ABOVE:
+            raise ValueError(
+                f"the verification set gives {impostor_I.size} impostor comparisons for requests "
+                f"of {template_size} photo(s), too few to calibrate a false-accept rate of "
+                f"{far:g} (it needs {int(np.ceil(MIN_IMPOSTORS_ABOVE / far))}); raise the rate "
+                "or add verification people")
+        # The `above`-th highest impostor score: at most `above` comparisons exceed it.
+        threshold = float(impostor_I[above])
+        calibrations.append(Calibration(
+            threshold=threshold, far=far,
+            measured_far=float(np.mean(impostor_I > threshold)),
+            tar=float(np.mean(genuine_G > threshold)), impostors=int(impostor_I.size),
+            templates=len(members_TxP), people=people, template_size=template_size,
+            statistic=statistic))
+    return tuple(calibrations)
 
 
 def photo_groups(photos_PxD: np.ndarray, gallery_NxD: np.ndarray, *, threshold: float

@@ -21,7 +21,8 @@ def _metrics(number=2, cumulative=True):
                     "template_size": 3, "statistic": "mean", "found": 31, "candidates": 6368,
                     "expected_chance_matches": 6.4, "forgotten_before": 32,
                     "groups": [[0, 1, 2]], "photo_matches": [14, 9, 21],
-                    "photo_threshold": 0.7612},
+                    "photo_threshold": 0.7612, "confirm_threshold": 0.8765,
+                    "confirm_far": 1e-4, "confirmed": 29},
          "labels": {"identity": 12, "name": "person_2", "precision": 1.0, "recall": 0.96875,
                     "others": 0, "missed": 1},
          "photo_figures": {when: {"ranks": [1, 1, 2], "aps": [0.9, 0.8, 0.7],
@@ -55,7 +56,8 @@ def test_the_page_holds_the_key_figures(tmp_path, cumulative):
     for figure in ("<strong>31</strong>", "0.4321", "96.88%", "100.00%", "95.17", "61.67",
                    "94.33", "person_1", "person_2", "after 1", "after 2", "5.00 / 10.00",
                    "10.00 / 20.00", "a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64,
-                   "2026-11-30T10:05:00Z", "0.761", "python -m cure_jax.forget --photos req",
+                   "2026-11-30T10:05:00Z", "0.761", "0.8765",
+                   "python -m cure_jax.forget --photos req",
                    "data:image/png;base64,"):
         assert figure in page, figure
     assert ("Membership inference" in page) == cumulative

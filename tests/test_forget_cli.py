@@ -3,8 +3,8 @@ made twice, a refused request that changes nothing, a killed request that resume
 self-contained HTML report with its key figures.
 
 The smoke teacher is far too weak for a good search (its figures are in docs/RESULTS.md for the
-default teacher): these tests set a high false-accept rate so that the search finds something,
-and check what the command does with it, not how well it finds.
+default teacher): these tests set a high false-accept rate (search and confirmation) so that
+the search finds something, and check what the command does with it, not how well it finds.
 """
 
 import hashlib
@@ -27,7 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # More verification people than the smoke config has: the threshold is calibrated on them.
 DATA = ["--set", "data.num_verification_identities=20",
         "--set", "data.verification_images_per_identity=6"]
-SERVE = ["--aligned", "--far", "0.3", "--set", "forget.max_share=0.9",
+SERVE = ["--aligned", "--far", "0.3", "--set", "forget.confirm_far=0.3",
+         "--set", "forget.max_share=0.9",
          "--set", "forget.steps=4"]
 
 pytestmark = pytest.mark.slow

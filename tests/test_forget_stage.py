@@ -5,21 +5,30 @@ import pytest
 
 from cure_jax import config as config_lib
 from cure_jax import forget_stage, ledger, sharding
-from cure_jax.forget_stage import RequestRefused, Search
+from cure_jax.forget_stage import RequestRefused, Search, Thresholds
 from cure_jax.search import Calibration
 
-
-def _calibration(threshold, size):
-    return Calibration(threshold, 1e-3, 1e-3, 0.9, 10**6, 100, 50, size, "mean")
+SEARCH, CONFIRM = 0.5, 0.6
 
 
-def _search(found_count, *, candidates=1000, groups=((0, 1, 2),)):
+def _calibration(threshold, size, far=1e-3):
+    return Calibration(threshold, far, far, 0.9, 10**6, 100, 50, size, "mean")
+
+
+def _search(found_count, *, candidates=1000, groups=((0, 1, 2),), found_score=0.8,
+            confirmed_count=None):
+    """A search that finds the first `found_count` candidates at `found_score`, the first
+    `confirmed_count` of them (default: all) above the confirmation threshold."""
     candidates_C = np.arange(candidates)
     scores = np.full(candidates, 0.1, np.float32)
-    scores[:found_count] = 0.8
+    scores[:found_count] = found_score
+    confirmed_count = found_count if confirmed_count is None else confirmed_count
+    scores[:confirmed_count] = max(found_score, CONFIRM + 0.1)
+    thresholds = Thresholds(_calibration(SEARCH, 3), _calibration(CONFIRM, 3, 1e-4),
+                            _calibration(0.7, 1))
+    confirmed = int(np.sum(scores[:found_count] > CONFIRM))
     return Search(candidates_C[:found_count], candidates_C, scores, np.zeros((3, 4)),
-                  _calibration(0.5, 3), [list(g) for g in groups], np.array([5, 4, 6]),
-                  _calibration(0.7, 1))
+                  thresholds, confirmed, [list(g) for g in groups], np.array([5, 4, 6]))
 
 
 @pytest.fixture
@@ -50,6 +59,17 @@ def test_a_request_covering_most_of_the_training_set_is_refused(config):
     with pytest.raises(RequestRefused, match="600 of the 1000 training images"):
         forget_stage.refuse_unservable(_search(600), config)
     forget_stage.refuse_unservable(_search(500), config)  # at the limit: served
+
+
+def test_a_look_alike_whose_images_barely_pass_the_search_is_refused(config):
+    # Twenty images just above the search threshold, one above the confirmation threshold:
+    # someone who resembles a training person, not that person.
+    with pytest.raises(RequestRefused, match="closely enough: 20 image.*but 1 above the "
+                                             "confirmation threshold 0.600"):
+        forget_stage.refuse_unservable(_search(20, found_score=0.55, confirmed_count=1),
+                                       config)
+    # Two confirmed images are enough (forget.min_images).
+    forget_stage.refuse_unservable(_search(20, found_score=0.55, confirmed_count=2), config)
 
 
 def test_photos_that_match_nothing_alone_give_no_evidence_of_another_person(config):

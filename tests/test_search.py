@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cure_jax.search import calibrate, flip_unit, photo_groups, scores
+from cure_jax.search import calibrate, calibrate_rates, flip_unit, photo_groups, scores
 
 
 def _unit(x):
@@ -68,6 +68,15 @@ def test_a_lower_false_accept_rate_raises_the_threshold():
     strict = calibrate(emb, labels, template_size=2, far=0.005, statistic="mean", templates=300)
     assert strict.threshold > loose.threshold
     assert strict.tar <= loose.tar
+
+
+def test_several_rates_from_one_set_of_comparisons_equal_one_calibration_each():
+    emb, labels = _people(30, 8, spread=0.8)
+    kwargs = dict(template_size=2, statistic="mean", templates=300, seed=3)
+    both = calibrate_rates(emb, labels, fars=(0.01, 0.001), **kwargs)
+    assert both == (calibrate(emb, labels, far=0.01, **kwargs),
+                    calibrate(emb, labels, far=0.001, **kwargs))
+    assert both[1].threshold > both[0].threshold
 
 
 def test_calibration_refuses_a_rate_its_comparisons_cannot_resolve():
