@@ -2,7 +2,8 @@
 in cure_jax and in a PyTorch twin of the same model, in one run with interleaved rounds.
 
     python tools/bench_torch.py [--config default] [--rounds 5] [--steps 3] [--compile]
-                                [--kinds teacher,cure,dispersion] [--set key=value ...]
+                                [--torch-threads 2,1] [--kinds teacher,cure,dispersion]
+                                [--set key=value ...]
 
 Needs PyTorch (`pip install -e ".[torch]"`), an optional extra: the package never imports it.
 
@@ -34,11 +35,17 @@ parameters that every JAX step returns (one reduction per array, small next to t
 
 Timing: every round runs each step of each framework for one untimed step and `--steps` timed
 ones, the frameworks in turn (their order reversed every other round), so that a load that comes
-and goes on the machine reaches all of them alike; the table gives medians over the rounds, the
-ratio cure_jax / torch (above 1: cure_jax is slower) and GFLOP/s, all from the FLOP count of
-XLA's cost analysis of the compiled JAX step (multiply and add counted separately), so the
-GFLOP/s of the columns compare the same work. Inputs are random, one fixed batch per step, on
-one device; the learning rates follow the configured schedules (100 steps per epoch).
+and goes on the machine reaches all of them alike. The table gives the median time per step over
+the rounds (with its range), the median of the rounds' ratios cure_jax / torch (above 1:
+cure_jax is slower; the two times of a ratio saw the same load) and GFLOP/s, all from the FLOP
+count of XLA's cost analysis of the compiled JAX step (multiply and add counted separately), so
+that the columns' GFLOP/s compare the same work. Inputs are random, one fixed batch per step, on
+one device. `--torch-threads 2,1` times torch eager at each thread count in the same rounds: on a
+machine where other work holds the cores, torch's OpenMP threads wait for one another at every
+operator (`OMP_WAIT_POLICY=PASSIVE` in the environment softens it) and one thread can beat two,
+while XLA's thread pool (all cores) suffers less. The batch norms' running statistics are those
+of one batch (the student's frozen batch norm reads them); the learning rates follow the
+configured schedules (100 steps per epoch).
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from cure_jax import optim, teacher
 from cure_jax.methods import cure
 from cure_jax.methods.dispersion import dispersion_optim, without_forget_terms
 from cure_jax.models.backbone import build_model, split_model
-from cure_jax.models.convert.torch_state import iresnet_state_dict
+from cure_jax.models.convert.torch_state import iresnet_state_dict, variables_by_key
 
 try:
     import torch
@@ -147,13 +154,18 @@ class TorchSide:
 
     def __init__(self, trainer: TorchTrainer, objective, use_compile: bool):
         self.trainer = trainer
-        self.variants = {"torch eager CL": objective}
+        self.variants = {"eager": objective}
         if use_compile:
-            self.variants["torch.compile CL"] = torch.compile(objective)
+            self.variants["compile"] = torch.compile(objective)
 
-    def runner(self, variant: str):
+    def runner(self, variant: str, threads: int):
         objective = self.variants[variant]
-        return lambda: self.trainer.step(objective)
+
+        def run():
+            torch.set_num_threads(threads)
+            return self.trainer.step(objective)
+
+        return run
 
 
 def to_torch(nhwc: np.ndarray) -> torch.Tensor:
@@ -277,7 +289,7 @@ def check_parity(spec: Spec) -> float:
     """Two steps of each framework from the same weights; prints the loss differences and
     returns the largest relative difference of the first step's total and terms."""
     jax_losses = [JaxStep.losses(spec.jax()) for _ in range(2)]
-    run = spec.torch.runner("torch eager CL")
+    run = spec.torch.runner("eager", torch.get_num_threads())
     torch_losses_ = []
     for _ in range(2):
         loss, terms = run()
@@ -318,19 +330,39 @@ def parity_count(model, twin_state, config) -> int:
     return ours
 
 
+def calibrate_batch_norm(model, config, rng) -> None:
+    """Sets every batch norm's running statistics of `model` (in place) to their values on one
+    batch of images, as training leaves them: at a fresh network's unit statistics the frozen
+    student's raw embeddings reach the thousands and feature matching the millions."""
+    size = config.data.image_size
+    twin = make_twin(config.model, size, iresnet_state_dict(model.backbone), dropout=0.0)
+    for module in twin.modules():
+        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: after one batch, its statistics
+    images = rng.uniform(-1, 1, (config.teacher.batch_size, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        twin.train()(to_torch(images))
+    variables = variables_by_key(model.backbone)
+    for key, tensor in twin.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            variables[key].set_value(jnp.asarray(tensor.numpy()))
+
+
 def build_specs(config, kinds: list[str], use_compile: bool) -> tuple[list[Spec], int]:
     if config.model.pretrained or config.model.dtype != "float32":
         sys.exit("the twin is an IResNet built from model.depth / model.width in float32: "
                  "model.pretrained and model.dtype=bfloat16 are not supported here")
     size, classes = config.data.image_size, config.data.num_identities
     model = build_model(config.model, num_classes=classes, image_size=size, seed=0)
+    rng = np.random.default_rng(0)
+    calibrate_batch_norm(model, config, rng)
     twin_state = iresnet_state_dict(model.backbone)
     count = parity_count(model, twin_state, config)
     graphs, params, stats = split_model(model)
     # The teacher step donates its state: the student's backbone gets its own copy first.
     backbone_graphs, backbone = teacher.Teacher(graphs, *jax.tree.map(
         jnp.copy, (params, stats))).backbone()
-    rng = np.random.default_rng(0)
     specs = []
     if "teacher" in kinds:
         specs.append(teacher_spec(config, model, graphs, params, stats, twin_state, rng,
@@ -351,8 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile (slow to compile on a small CPU)")
     parser.add_argument("--kinds", default="teacher,cure,dispersion")
-    parser.add_argument("--torch-threads", type=int, default=0,
-                        help="torch's intra-op threads (0: torch's default)")
+    parser.add_argument("--torch-threads", default="",
+                        help="torch's intra-op threads, a column per count for eager, e.g. 2,1 "
+                             "(the first also for torch.compile; default: torch's own)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     config = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
@@ -361,8 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"unknown --kinds {sorted(unknown)}; valid: teacher, cure, dispersion")
     torch.manual_seed(0)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    threads = [int(t) for t in args.torch_threads.split(",") if t.strip()]
+    threads = threads or [torch.get_num_threads()]
+    torch.set_num_threads(threads[0])
     specs, count = build_specs(config, kinds, args.compile)
     print(f"trainable backbone parameters: {count:,} in cure_jax and in the torch twin")
     worst = max(check_parity(spec) for spec in specs)
@@ -370,28 +404,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"first-step losses differ by {worst:.2e} relative (> {PARITY_RTOL}): the two "
                  "sides do not compute the same thing")
 
-    columns = ["cure_jax", "torch eager CL"] + (["torch.compile CL"] if args.compile else [])
+    # (label, torch variant, threads); channels-last (CL) tensors throughout.
+    columns = [("cure_jax", None, 0)] + [(f"torch eager CL {n}t", "eager", n) for n in threads]
+    if args.compile:
+        columns.append((f"torch.compile CL {threads[0]}t", "compile", threads[0]))
     compile_s = {}
     for spec in specs:  # torch.compile compiles on the first call: keep it out of the rounds
         if args.compile:
             start = time.perf_counter()
-            spec.torch.runner("torch.compile CL")()
+            spec.torch.runner("compile", threads[0])()
             compile_s[spec.name] = time.perf_counter() - start
-    times = {(spec.name, col): [] for spec in specs for col in columns}
+    times = {(spec.name, col[0]): [] for spec in specs for col in columns}
     for r in range(args.rounds):
         order = columns if r % 2 == 0 else columns[::-1]
         for spec in specs:
             for col in order:
-                if col == "cure_jax":
+                label, variant, n = col
+                if variant is None:
                     seconds = time_block(spec.jax, args.steps, jax.block_until_ready)
                 else:
-                    seconds = time_block(spec.torch.runner(col), args.steps, lambda out: None)
-                times[(spec.name, col)].append(seconds)
+                    seconds = time_block(spec.torch.runner(variant, n), args.steps,
+                                         lambda out: None)
+                times[(spec.name, label)].append(seconds)
         print(f"round {r + 1}/{args.rounds}: " + "; ".join(
             f"{spec.name.split(' (')[0]} " + " / ".join(
-                f"{1000 * times[(spec.name, c)][-1]:.0f}" for c in columns) for spec in specs)
+                f"{1000 * times[(spec.name, c[0])][-1]:.0f}" for c in columns) for spec in specs)
             + " ms", flush=True)
-    print_table(args, config, specs, columns, times, compile_s)
+    print_table(args, config, specs, [c[0] for c in columns], times, compile_s)
 
 
 def print_table(args, config, specs, columns, times, compile_s) -> None:
@@ -400,28 +439,32 @@ def print_table(args, config, specs, columns, times, compile_s) -> None:
     print(f"\nconfig {args.config} {' '.join(args.overrides)}: {m.depth} width {m.width}, "
           f"{config.data.image_size}x{config.data.image_size}, embedding {m.embedding_dim}; "
           f"jax {jax.__version__} on {len(jax.devices())} {jax.devices()[0].platform} device(s), "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+          f"torch {torch.__version__}, Nt: N intra-op threads"
           + (f" (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})"
              if "OMP_WAIT_POLICY" in os.environ else "") + f"; {args.rounds} "
-          f"rounds x {args.steps} steps, medians")
+          f"rounds x {args.steps} steps; ms: median (min-max) over rounds; cure_jax / torch: "
+          "median of the rounds' ratios")
     torch_cols = columns[1:]
     print("| step | images | GFLOP (XLA) | " + " | ".join(f"{c} ms" for c in columns) + " | "
           + " | ".join(f"cure_jax / {c.removeprefix('torch ')}" for c in torch_cols) + " | "
           + " | ".join(f"{c} GFLOP/s" for c in columns) + " |")
     print("|---|---|---|" + "---|" * (2 * len(columns) + len(torch_cols)))
     for spec in specs:
-        ms = [1000 * median[(spec.name, c)] for c in columns]
-        ratios = [ms[0] / t for t in ms[1:]]
-        rates = [spec.gflop / (t / 1000) for t in ms]
-        print(f"| {spec.name} | {spec.images} | {spec.gflop:.2f} | "
-              + " | ".join(f"{t:.0f}" for t in ms) + " | "
+        cells = []
+        for c in columns:
+            values = [1000 * t for t in times[(spec.name, c)]]
+            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
+        ours = times[(spec.name, "cure_jax")]
+        ratios = [statistics.median(a / b for a, b in zip(ours, times[(spec.name, c)],
+                                                          strict=True)) for c in torch_cols]
+        rates = [spec.gflop / median[(spec.name, c)] for c in columns]
+        print(f"| {spec.name} | {spec.images} | {spec.gflop:.1f} | " + " | ".join(cells) + " | "
               + " | ".join(f"{r:.2f}x" for r in ratios) + " | "
               + " | ".join(f"{g:.0f}" for g in rates) + " |")
     print("\ncompile s: " + "; ".join(
         f"{spec.name.split(' (')[0]}: XLA {spec.compile_s:.1f}"
         + (f", torch.compile {compile_s[spec.name]:.1f}" if spec.name in compile_s else "")
         for spec in specs))
-
 
 if __name__ == "__main__":
     main()
