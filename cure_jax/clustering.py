@@ -1,28 +1,27 @@
-"""On-device k-means: k-means++ seeding, Lloyd iterations, assignment and the farthest map.
+"""On-device k-means: seeding, Lloyd iterations, assignment and the farthest map.
 
 CURE (SPEC section 2) clusters teacher and student embeddings with k-means, labels each forget
 point with its nearest forget centroid, and maps that label to the farthest centroid. Everything
 here is a pure, jittable function of arrays, so a cluster refresh runs on the accelerator between
-training steps without a round trip through the host.
+training steps without a round trip through the host. The seedings (greedy k-means++, k-means||,
+random) and the chunked distance pass live in cure_jax/kmeans_seeding.py.
 
 Squared distances are computed by matmul, ``||x||^2 - 2 x.c + ||c||^2``, in chunks of points so
 that memory stays O(chunk * K) however large N is. Cosine k-means is spherical k-means: squared
 Euclidean distance on unit vectors (``2 - 2 cos``), with centroids re-normalised after each update.
 
-Shape legend: N points, D features, K clusters, T k-means++ local trials, M chunks of C points,
+Shape legend: N points, D features, K clusters, M chunks of C points (P = M * C, padded),
 R restarts.
 """
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from cure_jax.kmeans_seeding import INITS, Seeding, nearest, seed, settings, to_chunks
 from cure_jax.losses.common import l2_normalize
-
-_INITS = ("k-means++", "random")
 
 
 class KMeansResult(NamedTuple):
@@ -40,73 +39,6 @@ class KMeansResult(NamedTuple):
     assignment: jax.Array
     inertia: jax.Array
     iterations: jax.Array
-
-
-def _to_chunks(x_NxD: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Pads with zero rows to M chunks of C <= chunk_size points (C chosen for little padding).
-
-    Returns the [M, C, D] chunks, their [M, C] squared norms, and [M * C] float32 validity
-    (1 for a real point, 0 for padding).
-    """
-    n, d = x_NxD.shape
-    num_chunks = -(-n // chunk_size)
-    chunk = -(-n // num_chunks)
-    pad = num_chunks * chunk - n
-    x_MxCxD = jnp.pad(x_NxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
-    valid_P = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad))
-    return x_MxCxD, jnp.sum(x_MxCxD**2, axis=-1), valid_P
-
-
-def _nearest(
-    points_MxCxD: jax.Array, sqnorm_MxC: jax.Array, centroids_KxD: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """[M * C] nearest-centroid index (int32) and squared distance to it, chunk by chunk."""
-    csq_K = jnp.sum(centroids_KxD**2, axis=-1)
-
-    def one_chunk(args):
-        x_CxD, xsq_C = args
-        # ||x||^2 is the same for every centroid: leave it out of the argmin, add it back after.
-        partial_CxK = csq_K[None, :] - 2.0 * (x_CxD @ centroids_KxD.T)
-        idx_C = jnp.argmin(partial_CxK, axis=-1).astype(jnp.int32)
-        # Cancellation in the expanded form can go slightly negative; a distance cannot.
-        return idx_C, jnp.maximum(xsq_C + jnp.min(partial_CxK, axis=-1), 0.0)
-
-    idx_MxC, dist_MxC = jax.lax.map(one_chunk, (points_MxCxD, sqnorm_MxC))
-    return idx_MxC.reshape(-1), dist_MxC.reshape(-1)
-
-
-def _kmeans_plus_plus(
-    key: jax.Array, x_NxD: jax.Array, sqnorm_N: jax.Array, *, num_clusters: int, num_trials: int
-) -> jax.Array:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's greedy variant).
-
-    Each new centre is the best of ``num_trials`` candidates drawn with probability proportional
-    to the squared distance to the nearest centre chosen so far; "best" means the lowest total
-    squared distance once the candidate is added. Returns [K, D] centroids taken from the points.
-    """
-    n = x_NxD.shape[0]
-    # All the randomness in one draw: each threefry call inside the loop adds compile time.
-    u_KxT = jax.random.uniform(key, (num_clusters, num_trials))
-    first = jnp.minimum((u_KxT[0, 0] * n).astype(jnp.int32), n - 1)
-    centroids_KxD = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(x_NxD[first])
-    closest_N = jnp.maximum(sqnorm_N - 2.0 * (x_NxD @ x_NxD[first]) + sqnorm_N[first], 0.0)
-
-    def body(k, carry):
-        centroids_KxD, closest_N = carry
-        cdf_N = jnp.cumsum(closest_N)
-        # Sampling by inverting the CDF: needs no normalisation, and when every distance is zero
-        # (all points already are centres) it picks index 0 instead of producing NaN.
-        draws_T = u_KxT[k] * cdf_N[-1]
-        # compare_all: T x N comparisons are cheap here and compile faster than a binary search.
-        cand_T = jnp.minimum(jnp.searchsorted(cdf_N, draws_T, method="compare_all"), n - 1)
-        cand_TxD = x_NxD[cand_T]
-        dist_NxT = sqnorm_N[:, None] - 2.0 * (x_NxD @ cand_TxD.T) + sqnorm_N[cand_T][None, :]
-        dist_NxT = jnp.minimum(jnp.maximum(dist_NxT, 0.0), closest_N[:, None])
-        best = jnp.argmin(jnp.sum(dist_NxT, axis=0))
-        return centroids_KxD.at[k].set(cand_TxD[best]), dist_NxT[:, best]
-
-    centroids_KxD, _ = jax.lax.fori_loop(1, num_clusters, body, (centroids_KxD, closest_N))
-    return centroids_KxD
 
 
 def _update(
@@ -163,26 +95,20 @@ def _single_run(
     num_clusters: int,
     num_iters: int,
     chunk_size: int,
-    init: str,
-    num_trials: int,
+    seeding: Seeding,
     cosine: bool,
 ) -> KMeansResult:
     """One k-means run (seeding plus Lloyd) on points already normalised if ``cosine``."""
     n = x_NxD.shape[0]
-    sqnorm_N = jnp.sum(x_NxD**2, axis=-1)
-    if init == "k-means++":
-        centroids_KxD = _kmeans_plus_plus(
-            key, x_NxD, sqnorm_N, num_clusters=num_clusters, num_trials=num_trials
-        )
-    else:
-        centroids_KxD = x_NxD[jax.random.choice(key, n, (num_clusters,), replace=False)]
-
     # Pad once, outside the loop; the padding is masked by `valid_P`.
-    points_MxCxD, sqnorm_MxC, valid_P = _to_chunks(x_NxD, chunk_size)
+    points_MxCxD, sqnorm_MxC, valid_P = to_chunks(x_NxD, chunk_size)
     points_PxD = points_MxCxD.reshape(-1, x_NxD.shape[1])
+    centroids_KxD = seed(
+        key, x_NxD, points_MxCxD, sqnorm_MxC, valid_P, num_clusters=num_clusters, seeding=seeding
+    )
 
     def e_step(centroids_KxD):
-        assign_P, dist_P = _nearest(points_MxCxD, sqnorm_MxC, centroids_KxD)
+        assign_P, dist_P = nearest(points_MxCxD, sqnorm_MxC, centroids_KxD)
         return assign_P, dist_P, jnp.sum(dist_P * valid_P)
 
     # Each iteration is an update followed by an assignment, so the loop always ends with an
@@ -218,9 +144,17 @@ def _single_run(
     return KMeansResult(centroids_KxD, assign_N, inertia, it)
 
 
-_STATIC = (
-    "num_clusters", "num_iters", "num_restarts", "cosine", "chunk_size", "init", "num_trials"
-)
+def _prepare(points_NxD: jax.Array, cosine: bool) -> tuple[jax.Array, jax.Array]:
+    """The float32 points k-means works on ([N, D]) and the [D] shift to add back to centroids."""
+    x_NxD = points_NxD.astype(jnp.float32)
+    # k-means is translation invariant; centring (as scikit-learn does) keeps the expanded
+    # distance ||x||^2 - 2 x.c + ||c||^2 from cancelling away float32 digits far from the origin.
+    # Spherical k-means needs the origin where it is.
+    shift_D = jnp.zeros_like(x_NxD[0]) if cosine else jnp.mean(x_NxD, axis=0)
+    return (l2_normalize(x_NxD) if cosine else x_NxD - shift_D), shift_D
+
+
+_STATIC = ("num_clusters", "num_iters", "num_restarts", "cosine", "chunk_size", "seeding")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -234,22 +168,15 @@ def _kmeans_jit(
     num_restarts: int,
     cosine: bool,
     chunk_size: int,
-    init: str,
-    num_trials: int,
+    seeding: Seeding,
 ) -> KMeansResult:
-    x_NxD = points_NxD.astype(jnp.float32)
-    # k-means is translation invariant; centring (as scikit-learn does) keeps the expanded
-    # distance ||x||^2 - 2 x.c + ||c||^2 from cancelling away float32 digits far from the origin.
-    # Spherical k-means needs the origin where it is.
-    shift_D = jnp.zeros_like(x_NxD[0]) if cosine else jnp.mean(x_NxD, axis=0)
-    x_NxD = l2_normalize(x_NxD) if cosine else x_NxD - shift_D
+    x_NxD, shift_D = _prepare(points_NxD, cosine)
     run = functools.partial(
         _single_run,
         num_clusters=num_clusters,
         num_iters=num_iters,
         chunk_size=chunk_size,
-        init=init,
-        num_trials=num_trials,
+        seeding=seeding,
         cosine=cosine,
     )
     if num_restarts == 1:
@@ -275,8 +202,11 @@ def kmeans(
     chunk_size: int = 4096,
     init: str = "k-means++",
     num_local_trials: int | None = None,
+    parallel_rounds: int = 3,
+    oversampling: float = 1.0,
 ) -> KMeansResult:
-    """k-means (Lloyd) with k-means++ seeding, restarts batched on device; the best inertia wins.
+    """k-means (Lloyd) with k-means++ or k-means|| seeding, restarts batched on device; the best
+    inertia wins.
 
     The loop stops after ``num_iters`` updates, or earlier when the assignments stop changing, or
     when the inertia changes by less than ``tol`` relative to the previous one. Compiled once per
@@ -293,8 +223,16 @@ def kmeans(
             every update; distances are squared Euclidean on the unit sphere (``2 - 2 cos``).
         tol: relative inertia change under which to stop; 0 runs until the assignments settle.
         chunk_size: most points per distance block; memory is O(chunk_size * K).
-        init: ``"k-means++"`` (greedy, as scikit-learn) or ``"random"`` (K distinct points).
-        num_local_trials: k-means++ candidates per centre; None gives ``2 + floor(ln K)``.
+        init: ``"k-means++"`` (greedy, as scikit-learn: one pass over the points per centre),
+            ``"k-means||"`` (one pass per round, then greedy k-means++ on the weighted
+            candidates: at large K a fraction of k-means++'s seeding cost for a final inertia
+            within a fraction of a percent of it; docs/PERFORMANCE.md) or ``"random"`` (K
+            distinct points).
+        num_local_trials: greedy k-means++ candidates per centre (also in k-means||'s
+            recluster); None gives ``2 + floor(ln K)``.
+        parallel_rounds: k-means|| rounds G, >= 1 (ignored by the other seedings).
+        oversampling: k-means|| candidates drawn per round, as a multiple of K (rounded up);
+            G rounds must draw at least K in all (ignored by the other seedings).
 
     Returns:
         KMeansResult: centroids [K, D], assignment int32 [N], inertia scalar, iterations int32
@@ -305,13 +243,9 @@ def kmeans(
             range; raised before any tracing.
     """
     points_NxD = jnp.asarray(points_NxD)
-    num_trials = _check_kmeans_args(
+    _check_kmeans_args(
         points_NxD.shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol
     )
-    if num_local_trials is not None:
-        if num_local_trials < 1:
-            raise ValueError(f"num_local_trials must be >= 1, got {num_local_trials}")
-        num_trials = num_local_trials
     return _kmeans_jit(
         key,
         points_NxD,
@@ -321,13 +255,58 @@ def kmeans(
         num_restarts=num_restarts,
         cosine=cosine,
         chunk_size=chunk_size,
-        init=init,
-        num_trials=num_trials,
+        seeding=settings(init, num_clusters, num_local_trials, parallel_rounds, oversampling),
     )
 
 
-def _check_kmeans_args(shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol) -> int:
-    """Raises ValueError on a bad argument of :func:`kmeans`; returns the default local trials."""
+@functools.partial(jax.jit, static_argnames=("num_clusters", "cosine", "chunk_size", "seeding"))
+def _init_jit(key, points_NxD, *, num_clusters, cosine, chunk_size, seeding) -> jax.Array:
+    x_NxD, shift_D = _prepare(points_NxD, cosine)
+    points_MxCxD, sqnorm_MxC, valid_P = to_chunks(x_NxD, chunk_size)
+    centroids_KxD = seed(
+        key, x_NxD, points_MxCxD, sqnorm_MxC, valid_P, num_clusters=num_clusters, seeding=seeding
+    )
+    return centroids_KxD + shift_D
+
+
+def kmeans_init(
+    key: jax.Array,
+    points_NxD: jax.Array,
+    *,
+    num_clusters: int,
+    cosine: bool = False,
+    chunk_size: int = 4096,
+    init: str = "k-means++",
+    num_local_trials: int | None = None,
+    parallel_rounds: int = 3,
+    oversampling: float = 1.0,
+) -> jax.Array:
+    """The initial centroids of a single-run :func:`kmeans` with the same arguments, alone.
+
+    For timing or comparing seedings: ``kmeans(key, x, num_clusters=K, init=...)`` starts Lloyd
+    from ``kmeans_init(key, x, num_clusters=K, init=...)``.
+
+    Returns:
+        [K, D] float32 centroids, each one of the points (its unit vector when ``cosine``).
+
+    Raises:
+        ValueError: as :func:`kmeans`.
+    """
+    points_NxD = jnp.asarray(points_NxD)
+    _check_kmeans_args(points_NxD.shape, num_clusters, 1, 1, chunk_size, init, 0.0)
+    return _init_jit(
+        key,
+        points_NxD,
+        num_clusters=num_clusters,
+        cosine=cosine,
+        chunk_size=chunk_size,
+        seeding=settings(init, num_clusters, num_local_trials, parallel_rounds, oversampling),
+    )
+
+
+def _check_kmeans_args(shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol) -> None:
+    """Raises ValueError on a bad argument of :func:`kmeans` but the seeding's, which
+    ``kmeans_seeding.settings`` checks."""
     if len(shape) != 2:
         raise ValueError(f"points must be 2-D [N, D], got shape {shape}")
     n = shape[0]
@@ -341,11 +320,10 @@ def _check_kmeans_args(shape, num_clusters, num_iters, num_restarts, chunk_size,
         raise ValueError(f"num_restarts must be >= 1, got {num_restarts}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if init not in _INITS:
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(tol, int | float) and tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    return 2 + int(math.log(num_clusters))  # scikit-learn's default for greedy k-means++
 
 
 def _check_pair(points_NxD: jax.Array, centroids_KxD: jax.Array, chunk_size: int) -> None:
@@ -365,8 +343,8 @@ def _assign_jit(points_NxD: jax.Array, centroids_KxD: jax.Array, *, chunk_size: 
     c_KxD = centroids_KxD.astype(jnp.float32)
     # Centring on the centroids' mean changes no distance and reduces float32 cancellation.
     shift_D = jnp.mean(c_KxD, axis=0)
-    x_MxCxD, sqnorm_MxC, _ = _to_chunks(points_NxD.astype(jnp.float32) - shift_D, chunk_size)
-    assign_P, _ = _nearest(x_MxCxD, sqnorm_MxC, c_KxD - shift_D)
+    x_MxCxD, sqnorm_MxC, _ = to_chunks(points_NxD.astype(jnp.float32) - shift_D, chunk_size)
+    assign_P, _ = nearest(x_MxCxD, sqnorm_MxC, c_KxD - shift_D)
     return assign_P[: points_NxD.shape[0]]
 
 

@@ -112,10 +112,11 @@ def test_permuting_points_keeps_inertia():
     np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-5)
 
 
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
 @pytest.mark.parametrize("cosine", [False, True])
-def test_chunked_equals_unchunked(cosine):
+def test_chunked_equals_unchunked(cosine, init):
     x = _mixture(8, n=103)  # 103 is prime: every chunk size below it needs padding
-    kwargs = dict(num_clusters=7, num_iters=30, num_restarts=2, cosine=cosine)
+    kwargs = dict(num_clusters=7, num_iters=30, num_restarts=2, cosine=cosine, init=init)
     whole = clustering.kmeans(jax.random.key(3), x, chunk_size=4096, **kwargs)
     chunked = clustering.kmeans(jax.random.key(3), x, chunk_size=10, **kwargs)
     np.testing.assert_array_equal(chunked.assignment, whole.assignment)
@@ -150,16 +151,17 @@ def test_empty_clusters_reseeded_with_duplicate_points(seed):
     assert float(res.inertia) < 1e-4
 
 
-def test_single_cluster_is_the_mean():
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+def test_single_cluster_is_the_mean(init):
     x = _mixture(11)
-    res = clustering.kmeans(jax.random.key(0), x, num_clusters=1)
+    res = clustering.kmeans(jax.random.key(0), x, num_clusters=1, init=init)
     np.testing.assert_allclose(res.centroids[0], x.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(res.assignment, np.zeros(len(x)))
     assert int(res.iterations) == 1
     np.testing.assert_array_equal(clustering.farthest_cluster_map(res.centroids), [0])
 
 
-@pytest.mark.parametrize("init", ["k-means++", "random"])
+@pytest.mark.parametrize("init", ["k-means++", "k-means||", "random"])
 def test_as_many_clusters_as_points(init):
     x = np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32)
     res = clustering.kmeans(jax.random.key(0), x, num_clusters=12, num_iters=20, init=init)
@@ -168,10 +170,11 @@ def test_as_many_clusters_as_points(init):
     assert float(res.inertia) < 1e-4
 
 
-def test_more_clusters_than_distinct_points_gives_no_nan():
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+def test_more_clusters_than_distinct_points_gives_no_nan(init):
     x = np.repeat(np.eye(3, dtype=np.float32), 3, axis=0)  # 3 distinct points, K = 5
     for cosine in (False, True):
-        res = clustering.kmeans(jax.random.key(0), x, num_clusters=5, cosine=cosine)
+        res = clustering.kmeans(jax.random.key(0), x, num_clusters=5, cosine=cosine, init=init)
         assert np.all(np.isfinite(res.centroids)) and np.isfinite(float(res.inertia))
         assert len(np.unique(np.asarray(res.assignment))) == 3
 
@@ -245,6 +248,10 @@ def test_errors_raised_before_tracing():
         clustering.kmeans(key, x, num_clusters=2, num_iters=0)
     with pytest.raises(ValueError, match="init"):
         clustering.kmeans(key, x, num_clusters=2, init="kmeans++")
+    with pytest.raises(ValueError, match="init"):
+        clustering.kmeans_init(key, x, num_clusters=2, init="kmeans||")
+    with pytest.raises(ValueError, match="more clusters than points"):
+        clustering.kmeans_init(key, x, num_clusters=5, init="k-means||")
     with pytest.raises(ValueError, match="feature sizes"):
         clustering.assign(x, np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="2-D"):

@@ -101,10 +101,12 @@ def test_initial_clusters_come_from_the_teacher_and_refresh_resets_the_head(tmp_
     assert float(jnp.abs(kept.params["head"]).max()) == 0.0
 
 
-def test_refresh_reuses_the_initial_clusterings_compilation(tmp_path):
+@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+def test_refresh_reuses_the_initial_clusterings_compilation(tmp_path, init):
     # The training state lives on the mesh; the refresh's k-means inputs must be placed as the
     # initial clustering's were, or every refresh of a run compiles k-means again.
-    context = _context(tmp_path)
+    config = config_lib.apply_overrides(SMOKE, [f"cure.kmeans_init={init}"])
+    context = _context(tmp_path, config)
     tx = make_optimizer(context.config.student, 3)
     state = sharding.replicate(cure.initial_state(context, tx, jax.random.key(0)), context.mesh)
     jitted = (clustering._kmeans_jit, clustering._assign_jit, clustering.farthest_cluster_map)
@@ -112,6 +114,21 @@ def test_refresh_reuses_the_initial_clusterings_compilation(tmp_path):
     refresh = cure.make_refresh(context, jax.random.key(1))
     state = refresh(refresh(state._replace(step=state.step + 3)))
     assert [fn._cache_size() for fn in jitted] == compiled
+
+
+def test_kmeans_init_setting_reaches_the_forget_clustering():
+    points = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    key = jax.random.key(2)
+    for init in ("k-means++", "k-means||"):
+        config = dataclasses.replace(SMOKE.cure, kmeans_init=init)
+        centroids, _, _ = cure.cluster_forget(key, jnp.asarray(unit), config)
+        direct = clustering.kmeans(key, unit, num_clusters=config.forget_clusters,
+                                   num_iters=config.kmeans_iters,
+                                   num_restarts=config.kmeans_restarts, cosine=True, init=init)
+        np.testing.assert_array_equal(centroids, direct.centroids)
+    with pytest.raises(config_lib.ConfigError, match="kmeans_init"):
+        config_lib.apply_overrides(SMOKE, ["cure.kmeans_init=kmeans||"])
 
 
 def test_requests_the_method_cannot_serve_are_refused(tmp_path):

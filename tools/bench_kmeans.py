@@ -1,31 +1,65 @@
-"""Benchmark cure_jax.clustering.kmeans against scikit-learn on face-embedding-like data.
+"""Benchmark the k-means seedings of cure_jax.clustering against scikit-learn and faiss.
 
 Data: N unit vectors in D = 512 around 1,000 random unit centres (Gaussian noise of the same
 norm as a centre, then normalised: cosine to the centre about 0.7, like one identity's faces).
-Both implementations see the same float32 array, run k-means++ and at most 20 Lloyd iterations,
-and the times cover seeding and iterations end to end (ours after compilation, which is
-reported on its own). Inertias are recomputed in float64 from each one's centroids and labels.
+Every implementation sees the same float32 array and runs at most `--iters` Lloyd iterations:
 
-OpenBLAS: this environment may set OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which change the
-kernels NumPy (hence scikit-learn) uses. For a fair comparison run it twice:
+- cure_jax `k-means++` (greedy, as scikit-learn), `k-means||` (a pass over the points per round,
+  then greedy k-means++ on the weighted candidates) and `random`; Lloyd stops when the
+  assignments settle (`tol=0`). `k-means++/2` is greedy k-means++ with 2 local trials per
+  centre instead of 2 + ln K; `k-means||/G` is k-means|| with G rounds (else `--rounds`).
+- `sklearn`: `KMeans(init="k-means++", n_init=1, tol=0)` (greedy k-means++, Lloyd until the
+  assignments settle, or its own tol when given).
+- `faiss` (optional: `pip install faiss-cpu`, or put it on PYTHONPATH): `faiss.Kmeans`, random
+  seeding, exactly `--iters` iterations, no subsampling.
 
-    python tools/bench_kmeans.py
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench_kmeans.py
+BLAS: the kernels NumPy (hence scikit-learn) and faiss's own OpenBLAS picked are printed. faiss's
+wheel bundles an OpenBLAS that does not recognise some CPUs and falls back to a slow generic
+kernel (seen on an Intel Xeon, fixed by OPENBLAS_CORETYPE=SkylakeX); where it recognises
+the CPU, forcing a core type can be slower (an AMD EPYC with AVX-512: scikit-learn 3x slower with
+SkylakeX forced). Set OPENBLAS_CORETYPE in the environment only when the printed kernel is
+wrong. OMP_WAIT_POLICY defaults to PASSIVE here.
 
-`--quick` runs a smaller problem (N = 6,000, K = 50 and 200) in well under a minute.
+Runs are interleaved (seed 0 of every implementation, then seed 1, ...), so that a machine whose
+load drifts slows every implementation alike; compare ratios from one run. Times are wall
+seconds, after compilation (ahead of time, reported on its own), and process CPU
+seconds (user + sys of every thread). Seeding is timed alone with `clustering.kmeans_init`
+(the same seeds `kmeans` starts from); the end-to-end time includes it again. Inertias are
+recomputed in float64 from each one's centroids and labels.
+
+    python tools/bench_kmeans.py                 # N = 36,000, K = 100 and 1,000, 1 seed
+    python tools/bench_kmeans.py --quick         # N = 6,000, K = 50 and 200
+    python tools/bench_kmeans.py --ks 1000 --impls "k-means++,k-means||,sklearn,faiss"
 """
+
+from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
 
-import jax
-import numpy as np
-from sklearn.cluster import KMeans, kmeans_plusplus
+# Before NumPy, scikit-learn or faiss start their OpenMP runtimes: on a shared machine, threads
+# that spin while waiting take cores from the ones that work (faiss ran 2x faster with it here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cure_jax  # noqa: F401  (sets XLA flags before jax initialises)
-from cure_jax import clustering
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
+import cure_jax  # noqa: E402, F401  (sets XLA flags before jax initialises)
+from cure_jax import clustering, kmeans_seeding  # noqa: E402
+
+OURS = {  # implementation name -> kmeans / kmeans_init keyword arguments
+    "k-means++": {"init": "k-means++"},
+    "k-means++/2": {"init": "k-means++", "num_local_trials": 2},
+    "k-means||": {"init": "k-means||"},
+    "random": {"init": "random"},
+}
+IMPLS = (*OURS, "sklearn", "faiss")
+DEFAULT_IMPLS = ("k-means++", "k-means||", "random", "sklearn", "faiss")
 
 
 def make_data(n: int, d: int, num_centres: int, seed: int) -> np.ndarray:
@@ -42,110 +76,221 @@ def inertia64(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float
     return float(np.einsum("nd,nd->", diff, diff))
 
 
-def timed(fn, repeats: int = 1):
-    """(result, best wall time in s) of `fn()` over `repeats` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+def timed(fn):
+    """(result, wall seconds, process CPU seconds) of `fn()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_ours(x, k, *, iters, tol, repeats, seed=0):
-    key = jax.random.key(seed)
+class Ours:
+    """cure_jax's k-means with one seeding; compiles on `warm_up`, then times runs."""
 
-    def run():
-        return jax.block_until_ready(
-            clustering.kmeans(key, x, num_clusters=k, num_iters=iters, tol=tol)
-        )
+    def __init__(self, x, k, *, iters, options):
+        self.x, self.k, self.iters, self.options = x, k, iters, options
 
-    # First call compiles and runs; compile time = first call minus a steady-state call.
-    _, first = timed(run)
-    res, t = timed(run, repeats)
-    return {
-        "impl": f"cure_jax tol={tol:g}",
-        "time": t,
-        "compile": max(first - t, 0.0),
-        "iters": int(res.iterations),
-        "inertia": inertia64(x, res.centroids, res.assignment),
-    }
+    def seeds(self, seed):
+        return jax.block_until_ready(clustering.kmeans_init(
+            jax.random.key(seed), self.x, num_clusters=self.k, **self.options))
+
+    def fit(self, seed):
+        return jax.block_until_ready(clustering.kmeans(
+            jax.random.key(seed), self.x, num_clusters=self.k, num_iters=self.iters,
+            **self.options))
+
+    def warm_up(self) -> float:
+        """Compiles the two programs ahead of time, without running them (a run of k-means++
+        at K = 1,000 costs more than its compilation); returns the compile seconds."""
+        seeding = kmeans_seeding.settings(
+            self.options["init"], self.k, self.options.get("num_local_trials"),
+            self.options.get("parallel_rounds", 3), self.options.get("oversampling", 1.0))
+        key, x = jax.random.key(0), jnp.asarray(self.x)
+        start = time.perf_counter()
+        # The private programs behind kmeans_init and kmeans, with the arguments they pass:
+        # the calls that follow find them compiled.
+        clustering._init_jit.lower(key, x, num_clusters=self.k, cosine=False, chunk_size=4096,
+                                   seeding=seeding).compile()
+        clustering._kmeans_jit.lower(key, x, jnp.asarray(0.0, jnp.float32), num_clusters=self.k,
+                                     num_iters=self.iters, num_restarts=1, cosine=False,
+                                     chunk_size=4096, seeding=seeding).compile()
+        return time.perf_counter() - start
+
+    def run(self, seed) -> dict:
+        _, seed_wall, _ = timed(lambda: self.seeds(seed))
+        res, wall, cpu = timed(lambda: self.fit(seed))
+        return {"seeding": seed_wall, "wall": wall, "cpu": cpu, "iters": int(res.iterations),
+                "inertia": inertia64(self.x, np.asarray(res.centroids),
+                                     np.asarray(res.assignment))}
 
 
-def bench_sklearn(x, k, *, iters, tol, seed=0):
-    km = KMeans(k, init="k-means++", n_init=1, max_iter=iters, tol=tol, random_state=seed)
-    km, t = timed(lambda: km.fit(x))
-    return {
-        "impl": f"sklearn tol={tol:g}",
-        "time": t,
-        "compile": None,
-        "iters": int(km.n_iter_),
-        "inertia": inertia64(x, km.cluster_centers_, km.labels_),
-    }
+class Sklearn:
+    def __init__(self, x, k, *, iters, tol):
+        self.x, self.k, self.iters, self.tol = x, k, iters, tol
+
+    def warm_up(self) -> None:
+        return None
+
+    def run(self, seed) -> dict:
+        km = KMeans(self.k, init="k-means++", n_init=1, max_iter=self.iters, tol=self.tol,
+                    random_state=seed)
+        km, wall, cpu = timed(lambda: km.fit(self.x))
+        return {"seeding": None, "wall": wall, "cpu": cpu, "iters": int(km.n_iter_),
+                "inertia": inertia64(self.x, km.cluster_centers_, km.labels_)}
 
 
-def bench_init(x, k, seed=0):
-    """Seeding alone: sklearn's kmeans_plusplus; ours as a 1-iteration run (an upper bound)."""
-    _, t_sk = timed(lambda: kmeans_plusplus(x, k, random_state=seed))
-    ours = bench_ours(x, k, iters=1, tol=0.0, repeats=1, seed=seed)
-    return t_sk, ours["time"]
+class Faiss:
+    def __init__(self, x, k, *, iters):
+        import faiss
+
+        self.faiss, self.x, self.k, self.iters = faiss, x, k, iters
+
+    def warm_up(self) -> None:
+        return None
+
+    def run(self, seed) -> dict:
+        km = self.faiss.Kmeans(self.x.shape[1], self.k, niter=self.iters, seed=1234 + seed,
+                               max_points_per_centroid=len(self.x))  # all points, as the others
+        _, wall, cpu = timed(lambda: km.train(self.x))
+        _, labels = km.index.search(self.x, 1)
+        return {"seeding": None, "wall": wall, "cpu": cpu, "iters": len(km.iteration_stats),
+                "inertia": inertia64(self.x, km.centroids, labels[:, 0])}
 
 
-def bench_refresh(x, k, *, iters, repeats):
-    """CURE's cluster refresh on the forget embeddings: labels from given centroids, or a rerun."""
-    ours = bench_ours(x, k, iters=iters, tol=0.0, repeats=3 * repeats)
-    sk = bench_sklearn(x, k, iters=iters, tol=0.0)
+def _parallel_rounds(name: str) -> int | None:
+    """G of an implementation named `k-means||/G` (k-means|| with G rounds), else None."""
+    prefix = "k-means||/"
+    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() \
+        else None
+
+
+def make_impl(name, x, k, args):
+    if name == "k-means||" or _parallel_rounds(name):
+        options = {"init": "k-means||", "parallel_rounds": _parallel_rounds(name) or args.rounds,
+                   "oversampling": args.oversampling}
+        return Ours(x, k, iters=args.iters, options=options)
+    if name in OURS:
+        return Ours(x, k, iters=args.iters, options=dict(OURS[name]))
+    if name == "sklearn":
+        return Sklearn(x, k, iters=args.iters, tol=args.sklearn_tol)
+    return Faiss(x, k, iters=args.iters)
+
+
+def _cell(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def bench_k(x, k, impls, args) -> None:
+    runners = {name: make_impl(name, x, k, args) for name in impls}
+    compile_s = {name: runner.warm_up() for name, runner in runners.items()}
+    runs = {name: [] for name in impls}
+    for seed in range(args.seeds):  # interleaved: drifting load hits every implementation
+        for name, runner in runners.items():
+            runs[name].append(runner.run(seed))
+            print(f"  K={k} seed {seed} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+
+    def mean(name, field):
+        values = [r[field] for r in runs[name]]
+        return None if values[0] is None else float(np.mean(values))
+
+    base = "k-means++" if "k-means++" in runs else None
+    for name in impls:
+        seeding, wall, inertia = mean(name, "seeding"), mean(name, "wall"), mean(name, "inertia")
+        spread = float(np.std([r["inertia"] for r in runs[name]]))
+        ratios = [
+            _cell(None if base is None or seeding is None else seeding / mean(base, "seeding"),
+                  ".2f"),
+            _cell(None if base is None else wall / mean(base, "wall"), ".2f"),
+            _cell(None if "faiss" not in runs else wall / mean("faiss", "wall"), ".2f"),
+            _cell(None if "sklearn" not in runs else inertia / mean("sklearn", "inertia"), ".4f"),
+        ]
+        label = name.replace("|", "\\|")  # a Markdown table cell
+        print(f"| {k} | {label} | {_cell(seeding, '.2f')} | {wall:.2f} | {mean(name, 'cpu'):.2f} "
+              f"| {_cell(compile_s[name], '.1f')} | {mean(name, 'iters'):.1f} "
+              f"| {inertia:.1f} ± {spread:.1f} | {' | '.join(ratios)} |", flush=True)
+
+
+def bench_refresh(x, k, *, iters, seeds):
+    """CURE's cluster refresh on forget embeddings: labels from given centroids, or a rerun."""
     centroids = clustering.kmeans(jax.random.key(1), x, num_clusters=k).centroids
 
     def labels():
         return jax.block_until_ready(clustering.pseudo_labels(x, centroids)[1])
 
     timed(labels)  # compile
-    _, t_labels = timed(labels, 5 * repeats)
-    return t_labels, ours, sk
+    print(f"- pseudo_labels (assign + farthest map), given centroids: "
+          f"{min(timed(labels)[1] for _ in range(5)) * 1e3:.2f} ms")
+    for name in ("k-means++", "k-means||"):
+        ours = Ours(x, k, iters=iters, options=dict(OURS[name]))
+        compile_s = ours.warm_up()
+        runs = [ours.run(s) for s in range(seeds)]
+        print(f"- cure_jax {name}: seeding {min(r['seeding'] for r in runs) * 1e3:.1f} ms, "
+              f"k-means {min(r['wall'] for r in runs) * 1e3:.1f} ms (best of {seeds}; compile "
+              f"{compile_s:.2f} s), inertia {np.mean([r['inertia'] for r in runs]):.2f}")
+    sk = Sklearn(x, k, iters=iters, tol=0.0)
+    runs = [sk.run(s) for s in range(seeds)]
+    print(f"- sklearn: {min(r['wall'] for r in runs) * 1e3:.1f} ms, "
+          f"inertia {np.mean([r['inertia'] for r in runs]):.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small N and K, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="N = 6,000, K = 50 and 200")
+    parser.add_argument("--n", type=int, help="points (default 36,000; quick 6,000)")
+    parser.add_argument("--ks", help="comma-separated K values (default 100,1000; quick 50,200)")
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats of our k-means")
-    parser.add_argument("--skip-init", action="store_true", help="skip the seeding-only rows")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per implementation")
+    parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                        help=f"comma-separated, from {', '.join(IMPLS)}, k-means||/G")
+    parser.add_argument("--rounds", type=int, default=3, help="k-means|| rounds")
+    parser.add_argument("--oversampling", type=float, default=1.0,
+                        help="k-means|| candidates per round, times K")
+    parser.add_argument("--sklearn-tol", type=float, default=0.0)
+    parser.add_argument("--skip-refresh", action="store_true", help="skip the CURE refresh rows")
+    parser.add_argument("--threads", type=int,
+                        help="OpenMP and BLAS threads of scikit-learn and faiss (default: theirs)")
     args = parser.parse_args()
-    n, ks = (6_000, (50, 200)) if args.quick else (36_000, (100, 1_000))
+    impls = [name.strip() for name in args.impls.split(",")]
+    if unknown := sorted(name for name in set(impls) - set(IMPLS) if not _parallel_rounds(name)):
+        parser.error(f"unknown implementation(s) {unknown}; valid: {', '.join(IMPLS)}, "
+                     "k-means||/G")
+    if "faiss" in impls:
+        try:
+            import faiss  # loaded now, so that its OpenBLAS is listed
+        except ImportError:
+            print("faiss is not installed: its rows are left out", file=sys.stderr)
+            impls.remove("faiss")
+    if args.threads:
+        # On a machine whose cores another job keeps busy, OpenMP threads wait at barriers for
+        # descheduled peers: scikit-learn ran 19x slower with 2 threads than with 1 here.
+        threadpool_limits(limits=args.threads)
+        if "faiss" in impls:
+            faiss.omp_set_num_threads(args.threads)
+    n = args.n or (6_000 if args.quick else 36_000)
+    ks = [int(k) for k in (args.ks or ("50,200" if args.quick else "100,1000")).split(",")]
     x = make_data(n, 512, 1_000, seed=0)
-    blas = {v: os.environ.get(v, "(unset)") for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = {v: os.environ.get(v, "(unset)") for v in ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY")}
+    blas = sorted({f"{pool.get('architecture')} ({os.path.basename(pool['filepath'])})"
+                   for pool in threadpool_info() if pool["internal_api"] == "openblas"})
 
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, {blas}")
-    print(f"data: N={n}, D=512, 1000 true centres, unit norm; max {args.iters} iterations\n")
-    print("| K | implementation | iterations | time (s) | compile (s) | inertia | sklearn/ours |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, {env}, "
+          f"load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"OpenBLAS kernels: {', '.join(blas) or '(none found)'}; scikit-learn and faiss "
+          f"threads: {args.threads or 'their default'}")
+    print(f"data: N={n}, D=512, 1000 true centres, unit norm; at most {args.iters} iterations; "
+          f"k-means|| {args.rounds} rounds x {args.oversampling:g} K; {args.seeds} seed(s)\n")
+    print("| K | implementation | seeding s | end to end s | CPU s | compile s | iterations "
+          "| inertia (mean ± sd) | seeding / k-means++ | time / k-means++ | time / faiss "
+          "| inertia / sklearn |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in ks:
-        ours = bench_ours(x, k, iters=args.iters, tol=0.0, repeats=args.repeats)
-        rows = [ours, bench_ours(x, k, iters=args.iters, tol=1e-4, repeats=args.repeats)]
-        rows += [bench_sklearn(x, k, iters=args.iters, tol=t) for t in (0.0, 1e-4)]
-        for r in rows:
-            compile_s = "-" if r["compile"] is None else f"{r['compile']:.2f}"
-            ratio = f"{r['time'] / ours['time']:.2f}" if r["impl"].startswith("sklearn") else "-"
-            print(
-                f"| {k} | {r['impl']} | {r['iters']} | {r['time']:.2f} | {compile_s} "
-                f"| {r['inertia']:.1f} | {ratio} |"
-            )
-        if not args.skip_init:
-            t_sk, t_ours = bench_init(x, k)
-            print(f"| {k} | seeding only: sklearn kmeans_plusplus {t_sk:.2f} s, "
-                  f"cure_jax (1 iteration) {t_ours:.2f} s | | | | | {t_sk / t_ours:.2f} |")
+        bench_k(x, k, impls, args)
 
-    n_f, k_f = 2_000, 50
-    t_labels, ours, sk = bench_refresh(x[:n_f], k_f, iters=args.iters, repeats=args.repeats)
-    print(f"\nCURE refresh, N={n_f}, K={k_f}:")
-    print(f"- pseudo_labels (assign + farthest map), given centroids: {t_labels * 1e3:.2f} ms")
-    print(
-        f"- full kmeans: cure_jax {ours['time'] * 1e3:.1f} ms ({ours['iters']} it, "
-        f"compile {ours['compile']:.2f} s, inertia {ours['inertia']:.2f}); "
-        f"sklearn {sk['time'] * 1e3:.1f} ms ({sk['iters']} it, inertia {sk['inertia']:.2f})"
-    )
+    if not args.skip_refresh:
+        n_f, k_f = 2_000, 50
+        print(f"\nCURE refresh, N={n_f}, K={k_f} (wall, best of 3 seeds; inertia mean):")
+        bench_refresh(x[:n_f], k_f, iters=args.iters, seeds=3)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class CureConfig:
     w_fd: NonNegativeFloat = 10.0  # retain terms outweigh the forget terms (ours, by experiment)
     kmeans_iters: Count = 30
     kmeans_restarts: Count = 4  # also the Gaussian mixture's initialisations
+    # k-means seeding: greedy k-means++, or k-means|| (a few passes over the embeddings instead
+    # of one per cluster; cheaper from K in the hundreds, docs/PERFORMANCE.md). At the default
+    # K_f = 20, K_r = 50 both take milliseconds and k-means++ compiles faster.
+    kmeans_init: Literal["k-means++", "k-means||"] = "k-means++"
     # Forget clusters by spherical k-means (on device), or scikit-learn's Gaussian mixture or
     # DBSCAN (the paper's ablations; cure_jax/host_clustering.py). Retain centroids: k-means.
     clustering: Literal["kmeans", "gmm", "dbscan"] = "kmeans"
@@ -117,7 +121,8 @@ def cluster_forget(key: jax.Array, unit_NxD: jax.Array, config: CureConfig):
     if config.clustering == "kmeans":
         result = clustering.kmeans(key, unit_NxD, num_clusters=config.forget_clusters,
                                    num_iters=config.kmeans_iters,
-                                   num_restarts=config.kmeans_restarts, cosine=True)
+                                   num_restarts=config.kmeans_restarts, cosine=True,
+                                   init=config.kmeans_init)
         return result.centroids, *clustering.pseudo_labels(unit_NxD, result.centroids)
     points = np.asarray(unit_NxD)
     if config.clustering == "gmm":
@@ -192,7 +197,8 @@ def initial_state(context: UnlearnContext, tx: optax.GradientTransformation,
         forget_key, l2_normalize(jnp.asarray(context.forget.teacher_emb)), cure)
     retain = clustering.kmeans(retain_key, jnp.asarray(context.retain.teacher_emb),
                                num_clusters=cure.retain_clusters, num_iters=cure.kmeans_iters,
-                               num_restarts=cure.kmeans_restarts, cosine=True)
+                               num_restarts=cure.kmeans_restarts, cosine=True,
+                               init=cure.kmeans_init)
     groups = nearest if context.forget_groups is None else jnp.asarray(context.forget_groups,
                                                                        jnp.int32)
     params = {"backbone": jax.tree.map(jnp.copy, context.teacher.params),

@@ -50,6 +50,8 @@ class BaselinesConfig:
     clusters: Annotated[int, Range(2)] = 200
     kmeans_iters: Count = 30
     kmeans_restarts: Count = 2
+    # k-means seeding, as `cure.kmeans_init`: k-means|| is cheaper from K in the hundreds.
+    kmeans_init: Literal["k-means++", "k-means||"] = "k-means++"
 
 
 # What a baseline reads besides its own section: the student batch and the label settings.
@@ -89,7 +91,8 @@ def make_labels(context: UnlearnContext) -> Labels:
                                                     context.forget.teacher_emb]), jnp.float32))
     result = clustering.kmeans(jax.random.key(context.config.unlearn.seed), unit,
                                num_clusters=config.clusters, num_iters=config.kmeans_iters,
-                               num_restarts=config.kmeans_restarts, cosine=True)
+                               num_restarts=config.kmeans_restarts, cosine=True,
+                               init=config.kmeans_init)
     labels = np.asarray(clustering.assign(unit, result.centroids))
     num_retain = len(context.retain)
     return Labels(labels[num_retain:], labels[:num_retain], np.asarray(result.centroids),
