@@ -149,9 +149,11 @@ def embed_eval_sets(embed, backbone, data, *, batch_size: int, mesh, mirror_trai
 
 
 def cached_eval_embeddings(path: pathlib.Path, embed, backbone, data, *, batch_size: int, mesh,
-                           flip_test: bool, progress: bool = False) -> EvalEmbeddings:
-    """The teacher's `EvalEmbeddings` (training images in both orientations), computed once per
-    run folder and read back from the .npz at `path` while it holds the same sets."""
+                           flip_test: bool, progress: bool = False,
+                           who: str = "teacher") -> EvalEmbeddings:
+    """`who`'s `EvalEmbeddings` (training images in both orientations: the targets of what
+    unlearns from it), computed once per run folder and read back from the .npz at `path` while
+    it holds the same sets."""
     sizes = {name: len(source) for name, (source, _) in eval_sets(data).items()}
     if path.exists():
         with np.load(path) as cache:
@@ -164,6 +166,6 @@ def cached_eval_embeddings(path: pathlib.Path, embed, backbone, data, *, batch_s
             return cached
     result = embed_eval_sets(embed, backbone, data, batch_size=batch_size, mesh=mesh,
                              mirror_train=True, flip_test=flip_test, progress=progress,
-                             who="teacher: ")
+                             who=f"{who}: ")
     save_arrays(path, result.arrays())
     return result

@@ -164,7 +164,8 @@ def model_embeddings(model_backbone: Backbone, teacher_run, data, config, mesh,
     (the next request's targets), kept at `path`."""
     return cached_eval_embeddings(path, teacher_run.embed, model_backbone, data,
                                   batch_size=config.eval.batch_size, mesh=mesh,
-                                  flip_test=config.eval.flip, progress=config.run.progress)
+                                  flip_test=config.eval.flip, progress=config.run.progress,
+                                  who="student")
 
 
 def embed_photos(images: np.ndarray, backbone: Backbone, teacher_run, config, mesh) -> np.ndarray:
