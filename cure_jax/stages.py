@@ -275,17 +275,24 @@ def image_split(data, forget: np.ndarray, excluded=()) -> RequestSplit:
 
 def sized_for_images(config, num_forget: int, mesh, *, steps: int, max_clusters: int):
     """`config` sized to a forget set of `num_forget` images: student batches of at most that
-    many (a multiple of the devices), epochs for `steps` steps with every epoch-valued setting
-    scaled alike, and at most `max_clusters` CURE forget clusters (and half the images).
+    many (a multiple of the devices, and for a method of P x K batches of
+    `dispersion.images_per_group`, with P = batch / K), epochs for `steps` steps with every
+    epoch-valued setting scaled alike (a P x K method's `dispersion.epochs` too), and at most
+    `max_clusters` CURE forget clusters (and half the images).
 
     Raises:
       ValueError: the images cannot fill a batch on the devices.
       ConfigError: a sized value out of its range.
     """
-    student = config.student
-    batch = min(student.batch_size, num_forget) // mesh.size * mesh.size
+    student, dispersion = config.student, config.dispersion
+    pk_batches = methods.get_method(config.unlearn.method).pk_batches
+    multiple = math.lcm(mesh.size, dispersion.images_per_group) if pk_batches else mesh.size
+    batch = min(student.batch_size, num_forget) // multiple * multiple
     if batch < 1:
-        raise ValueError(f"{num_forget} images cannot fill a batch on {mesh.size} devices")
+        raise ValueError(f"{num_forget} images cannot fill a batch of a multiple of {multiple} "
+                         f"({mesh.size} device(s)"
+                         + (f", groups of dispersion.images_per_group="
+                            f"{dispersion.images_per_group}" if pk_batches else "") + ")")
     epochs = max(1, math.ceil(steps / (num_forget // batch)))
     scale = epochs / student.epochs
     student = dataclasses.replace(
@@ -295,7 +302,10 @@ def sized_for_images(config, num_forget: int, mesh, *, steps: int, max_clusters:
     cure = dataclasses.replace(config.cure,
                                forget_clusters=max(1, min(max_clusters, num_forget // 2)),
                                refresh_every=config.cure.refresh_every * scale)
-    sized = dataclasses.replace(config, student=student, cure=cure)
+    if pk_batches:
+        dispersion = dataclasses.replace(
+            dispersion, groups_per_batch=batch // dispersion.images_per_group, epochs=epochs)
+    sized = dataclasses.replace(config, student=student, cure=cure, dispersion=dispersion)
     config_lib.validate(sized)
     return sized
 

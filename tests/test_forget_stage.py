@@ -6,6 +6,7 @@ import pytest
 from cure_jax import config as config_lib
 from cure_jax import forget_stage, ledger, sharding
 from cure_jax.forget_stage import RequestRefused, Search, Thresholds
+from cure_jax.methods.dispersion import check_dispersion
 from cure_jax.search import Calibration
 
 SEARCH, CONFIRM = 0.5, 0.6
@@ -90,6 +91,24 @@ def test_the_method_is_sized_to_the_request(config):
     assert small.student.epochs == 200
     big = forget_stage.request_config(config, 300, mesh)
     assert big.student.batch_size == 64 and big.student.epochs == 50  # 4 steps an epoch
+
+
+@pytest.mark.parametrize("method", ["dispersion", "cure+dispersion"])
+def test_a_method_of_p_x_k_batches_gets_whole_groups(config, method):
+    mesh = sharding.make_mesh(1)
+    config = config_lib.apply_overrides(config, [f"unlearn.method={method}"])
+    # 47 images and groups of 4: batches of 44 = 11 groups x 4, 200 steps of dispersion.
+    sized = forget_stage.request_config(config, 47, mesh)
+    assert sized.student.batch_size == 44
+    assert (sized.dispersion.groups_per_batch, sized.dispersion.images_per_group) == (11, 4)
+    assert sized.dispersion.epochs == sized.student.epochs == 200
+    check_dispersion(sized, 47, 1000)  # what refused such a request before
+    # CURE's batches stay whole: 47.
+    cure = forget_stage.request_config(
+        config_lib.apply_overrides(config, ["unlearn.method=cure"]), 47, mesh)
+    assert cure.student.batch_size == 47 and cure.dispersion == config.dispersion
+    with pytest.raises(RequestRefused, match="multiple of 4"):
+        forget_stage.request_config(config, 3, mesh)
 
 
 def test_the_method_sees_the_images_found_and_keeps_everything_else_not_forgotten():

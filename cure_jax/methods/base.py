@@ -119,13 +119,17 @@ class MethodSpec(NamedTuple):
     # True when the returned backbone embeds into a space of its own (a model trained from
     # scratch), so the teacher's class centres cannot score it.
     own_embedding_space: bool = False
+    # True when its forget batches are P groups x K images (`dispersion.groups_per_batch` x
+    # `dispersion.images_per_group` = `student.batch_size`) for `dispersion.epochs` epochs.
+    pk_batches: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register(name: str, *, check: Check | None = None, reads: tuple[str, ...] = (),
-             own_embedding_space: bool = False) -> Callable[[Method], Method]:
+             own_embedding_space: bool = False,
+             pk_batches: bool = False) -> Callable[[Method], Method]:
     """Decorator adding a method to the registry under `name`.
 
     Args:
@@ -135,12 +139,15 @@ def register(name: str, *, check: Check | None = None, reads: tuple[str, ...] = 
         of the method is reused only while these agree, and a change anywhere else leaves it be.
       own_embedding_space: the method's backbone does not descend from the teacher, so the
         metrics read through the teacher's class centres are left out of its evaluation.
+      pk_batches: the method's forget batches are P x K (the dispersion section), so a request
+        sized to its images (`stages.sized_for_images`) resizes them too.
     """
 
     def add(method: Method) -> Method:
         if name in METHODS:
             raise ValueError(f"unlearning method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(method, check, (f"{name}.", *reads), own_embedding_space)
+        METHODS[name] = MethodSpec(method, check, (f"{name}.", *reads), own_embedding_space,
+                                   pk_batches)
         return method
 
     return add

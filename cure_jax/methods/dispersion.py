@@ -78,7 +78,7 @@ def dispersion_optim(student: OptimConfig, dispersion: DispersionConfig) -> Opti
                                milestones=tuple(m * scale for m in student.milestones))
 
 
-@register("dispersion", check=check_dispersion, reads=("student.", "cure."))
+@register("dispersion", check=check_dispersion, reads=("student.", "cure."), pk_batches=True)
 def run_dispersion(context: UnlearnContext) -> Backbone:
     """Dispersion on the forget groups, with CURE's retain terms to keep everyone else."""
     config = context.config
@@ -89,7 +89,7 @@ def run_dispersion(context: UnlearnContext) -> Backbone:
 
 
 @register("cure+dispersion", check=check_dispersion,
-          reads=("student.", "cure.", "dispersion."))
+          reads=("student.", "cure.", "dispersion."), pk_batches=True)
 def run_cure_dispersion(context: UnlearnContext) -> Backbone:
     """CURE's six terms plus the dispersion term, in one jitted step."""
     config = context.config
