@@ -196,10 +196,11 @@ def calibrations(config, data, model: Model, count: int) -> Thresholds:
     # The confirmation is never looser than the search.
     fars = (forget.far, min(forget.confirm_far, forget.far))
     try:
-        (single,) = calibrate_rates(verification_VxD, labels_V, template_size=1,
-                                    fars=fars[:1], **kwargs)
         search_at, confirm_at = calibrate_rates(verification_VxD, labels_V,
                                                 template_size=count, fars=fars, **kwargs)
+        # One photo: the agreement threshold is the search threshold (no second pass).
+        (single,) = (search_at,) if count == 1 else calibrate_rates(
+            verification_VxD, labels_V, template_size=1, fars=fars[:1], **kwargs)
     except ValueError as err:
         raise RequestRefused(f"{err} (forget.far={forget.far:g}, forget.confirm_far="
                              f"{forget.confirm_far:g})") from err
