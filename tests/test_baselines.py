@@ -127,6 +127,20 @@ def test_true_labels_come_from_the_supervision(context):
     assert result.scale == 16.0
 
 
+def test_the_head_scale_is_the_baselines_own_and_a_saturated_head_is_warned_of(context, capsys):
+    # The smoke teacher at the smoke scale: cross-entropies that move the student, no warning.
+    assert label_free.make_labels(context).scale == SMOKE.model.scale
+    assert "warning" not in capsys.readouterr().err
+    saturated = config_lib.apply_overrides(SMOKE, ["baselines.scale=5000"])
+    result = label_free.make_labels(dataclasses.replace(context, config=saturated))
+    assert result.scale == 5000.0
+    assert label_free.teacher_median_ce(context.forget.teacher_emb, result.forget,
+                                        result.centres, 5000.0) < label_free.SATURATED_CE
+    assert "lower baselines.scale" in capsys.readouterr().err
+    # Retraining trains its own head: its labels do not depend on the scale, nor its results.
+    assert not "baselines.scale".startswith(get_method("retrain").reads)
+
+
 def test_distillation_kl_matches_numpy():
     rng = np.random.default_rng(0)
     teacher, student = rng.normal(size=(2, 5, 7)) * 3

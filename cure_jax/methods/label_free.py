@@ -4,7 +4,8 @@ which a baseline runs its phases.
 
 Label-free by default: k-means over the teacher's unit embeddings of retain + forget images gives
 `baselines.clusters` pseudo-classes; their unit centroids `c` are a fixed classifier with logits
-`s * cos(z, c)` (`s = model.scale`), so that the teacher predicts each image's pseudo-label. With
+`s * cos(z, c)` (`s = baselines.scale`, else `model.scale`), so that the teacher predicts each
+image's pseudo-label. With
 `baselines.labels=true` (and only then) the context carries `Supervision`: identity labels and the
 teacher's margin-head centres replace both.
 
@@ -17,6 +18,7 @@ Shape legend: B batch, D embedding dimension, K classes (pseudo or true), N imag
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Annotated, Literal, NamedTuple
 
@@ -27,7 +29,7 @@ import optax
 from flax import nnx
 
 from cure_jax import clustering, sharding
-from cure_jax.fields import Count, Range
+from cure_jax.fields import Count, NonNegativeFloat, Range
 from cure_jax.loop import run_phase
 from cure_jax.losses.common import l2_normalize
 from cure_jax.losses.distill import cross_entropy, head_logits
@@ -52,10 +54,21 @@ class BaselinesConfig:
     kmeans_restarts: Count = 2
     # k-means seeding, as `cure.kmeans_init`: k-means|| is cheaper from K in the hundreds.
     kmeans_init: Literal["k-means++", "k-means||"] = "k-means++"
+    # Logit scale s of the pseudo-label head (0: `model.scale`). A teacher whose clusters are
+    # tight gives cross-entropies that vanish at a large s (1e-7 on the SFace teacher at s = 32):
+    # every gradient of a cross-entropy loss vanishes with them and gradient ascent, NegGrad and
+    # fine-tuning move nothing. `make_labels` warns when that happens.
+    scale: NonNegativeFloat = 0.0
 
 
 # What a baseline reads besides its own section: the student batch and the label settings.
 BASELINE_READS = ("student.batch_size", "baselines.")
+# What the labels alone depend on (retraining reads them, not the head's scale).
+LABEL_KEYS = ("baselines.labels", "baselines.clusters", "baselines.kmeans_")
+# Below this median cross-entropy of the teacher on the forget images' pseudo-labels, the
+# gradients of a cross-entropy loss are too small to move the student in a few hundred steps:
+# the SFace teacher at s = 32 (under 1e-7) did not move; the tests' tiny teacher (4e-6) does.
+SATURATED_CE = 1e-6
 
 
 class Labels(NamedTuple):
@@ -74,12 +87,13 @@ class Labels(NamedTuple):
     scale: float
 
 
-def make_labels(context: UnlearnContext) -> Labels:
+def make_labels(context: UnlearnContext, *, check_head: bool = True) -> Labels:
     """Pseudo-labels and centroid head (label-free), or the supervision's when present.
 
     Spherical k-means on the unit teacher embeddings of retain + forget images, seeded by
     `unlearn.seed`; each image's label is its nearest centroid, which the teacher's logits then
-    rank first.
+    rank first. With `check_head`, prints a warning when the teacher's cross-entropy on the
+    forget images is saturated at the head's scale (`SATURATED_CE`).
     """
     if context.supervision is not None:
         sup = context.supervision
@@ -95,8 +109,24 @@ def make_labels(context: UnlearnContext) -> Labels:
                                init=config.kmeans_init)
     labels = np.asarray(clustering.assign(unit, result.centroids))
     num_retain = len(context.retain)
-    return Labels(labels[num_retain:], labels[:num_retain], np.asarray(result.centroids),
-                  float(context.config.model.scale))
+    scale = float(config.scale or context.config.model.scale)
+    pseudo = Labels(labels[num_retain:], labels[:num_retain], np.asarray(result.centroids), scale)
+    median_ce = teacher_median_ce(context.forget.teacher_emb, pseudo.forget, pseudo.centres,
+                                  scale)
+    if check_head and median_ce < SATURATED_CE:
+        print(f"warning: the teacher's median cross-entropy on the forget images' pseudo-labels "
+              f"is {median_ce:.1e} at the head's scale {scale:g}: cross-entropy gradients "
+              "vanish and the student will barely move; lower baselines.scale (the default "
+              "teacher's is 4e-3 at 32)", file=sys.stderr)
+    return pseudo
+
+
+def teacher_median_ce(teacher_emb_NxD, labels_N, centres_KxD, scale: float) -> float:
+    """The median over images of the teacher's cross-entropy `CE(s cos(t, c), label)`."""
+    logits = head_logits(jnp.asarray(teacher_emb_NxD, jnp.float32),
+                         jnp.asarray(centres_KxD, jnp.float32), scale=scale)
+    return float(jnp.median(optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(labels_N, jnp.int32))))
 
 
 def check_labels(config, num_forget: int, num_retain: int) -> None:

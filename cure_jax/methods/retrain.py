@@ -17,7 +17,7 @@ import dataclasses
 
 from cure_jax.fields import CountOrZero
 from cure_jax.methods.base import Backbone, UnlearnContext, register
-from cure_jax.methods.label_free import make_labels
+from cure_jax.methods.label_free import LABEL_KEYS, make_labels
 from cure_jax.teacher import train_margin_model
 from data_pipelines.pipelines import ArraySource
 
@@ -51,10 +51,10 @@ def check_request(config, num_forget: int, num_retain: int) -> None:
                          "images; lower it")
 
 
-@register("retrain", check=check_request, reads=("baselines.",), own_embedding_space=True)
+@register("retrain", check=check_request, reads=LABEL_KEYS, own_embedding_space=True)
 def run(context: UnlearnContext) -> Backbone:
     """Trains a fresh model on the retain set, resuming from its latest checkpoint."""
-    labels = make_labels(context)
+    labels = make_labels(context, check_head=False)  # its own margin head, not the fixed one
     model = train_margin_model(
         config=context.config, optim=retrain_optim(context.config),
         source=ArraySource(context.retain.images, labels.retain),
