@@ -6,6 +6,7 @@ Labels live here: the unlearning methods never import this module.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -44,6 +45,26 @@ def verification_metrics(plain_NxD: np.ndarray, mirrored_NxD: np.ndarray | None,
             "verification_std": result.accuracy_std,
             "tar_at_far_1e-3": result.tar_at_far,
             "verification_pairs": result.num_pairs}
+
+
+def others_pairs(verification, forget_names) -> np.ndarray | None:
+    """bool [P]: the pairs that show none of `forget_names`, or None when the verification set
+    does not name its people (`Verification.names`)."""
+    if verification.names is None:
+        return None
+    forgotten = np.isin(np.asarray(verification.names), list(forget_names))
+    labels = np.asarray(verification.source.labels)
+    return ~(forgotten[labels[verification.idx_a]] | forgotten[labels[verification.idx_b]])
+
+
+def verification_subset(verification, keep_P: np.ndarray):
+    """`verification` with only the pairs where `keep_P` holds (each keeps its fold)."""
+    folds = verification.folds
+    if folds is None:  # 10 contiguous folds, made explicit before pairs leave them
+        folds = np.arange(len(keep_P)) * 10 // len(keep_P)
+    return dataclasses.replace(verification, idx_a=verification.idx_a[keep_P],
+                               idx_b=verification.idx_b[keep_P],
+                               issame=verification.issame[keep_P], folds=folds[keep_P])
 
 
 def verification_sets(data) -> dict[str, tuple[str, object]]:
@@ -132,7 +153,9 @@ def evaluate_unlearning(*, teacher: EvalEmbeddings, student: EvalEmbeddings, tea
       accuracies of forget and retain identities, retrieval (R@1, R@5, mAP, CS of forget and
       retain identities, over every image of the training identities), membership inference
       accuracy (forget training images against held-out images of the forget identities) and
-      verification, each before and after; and the pool's unit embeddings before and after.
+      verification, each before and after; verification on the pairs that show no forgotten
+      person ("verification_others_*") where the set names its people; and the pool's unit
+      embeddings before and after.
     """
     scale = config.model.scale
     labels = data.records.labels
@@ -174,11 +197,21 @@ def evaluate_unlearning(*, teacher: EvalEmbeddings, student: EvalEmbeddings, tea
     units = {when: unit(np.concatenate(parts)) for when, parts in pool.items()}
     for when, emb in units.items():
         metrics.update(retrieval_summary(emb, pool_labels, is_forget, when))
+    forget_names = [data.identity_names[i] for i in split.forget_identities]
     for suffix, (name, verification) in verification_sets(data).items():
+        # The forgotten people's own pairs should fail after unlearning; the pairs of everyone
+        # else ("others") measure what unlearning cost the people it should not touch.
+        keep = others_pairs(verification, forget_names)
         for when, emb in models.items():
             result = verification_metrics(*emb.sets[name], verification)
             metrics[f"verification_{when}{suffix}"] = result["verification_accuracy"]
             metrics[f"tar_at_far_{when}{suffix}"] = result["tar_at_far_1e-3"]
+            if keep is not None:
+                others = verification_metrics(*emb.sets[name], verification_subset(
+                    verification, keep))
+                metrics[f"verification_others_{when}{suffix}"] = others["verification_accuracy"]
+        if keep is not None:
+            metrics[f"verification_others_pairs{suffix}"] = int(keep.sum())
     if own_embedding_space:
         for key in HEAD_SCORED_AFTER:
             metrics.pop(key, None)

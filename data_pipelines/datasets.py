@@ -44,6 +44,9 @@ class Verification:
     idx_b: np.ndarray
     issame: np.ndarray
     folds: np.ndarray | None  # explicit fold per pair (pairs.txt), or None for 10 contiguous
+    # The person of each `source.labels` value, where the pairs may show training people (a
+    # pairs file); None where they cannot (people held out of training) or are unknown (.bin).
+    names: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -219,7 +222,7 @@ def _pairs_file_verification(config, alignment: dict, progress: bool) -> Verific
         alignment["verification"] = alignment_summary(images, pairs.paths, "resized whole")
     source = materialize(images, desc="decoding verification pairs", progress=progress)
     idx_a, idx_b, issame, folds = pairs.pair_indices
-    return Verification(source, idx_a, idx_b, issame, folds)
+    return Verification(source, idx_a, idx_b, issame, folds, names=tuple(pairs.identity_names))
 
 
 def _held_out_identities(config, labels_N: np.ndarray) -> np.ndarray:
