@@ -1,10 +1,15 @@
 """The audit report of a forget request, from its figures: every key figure reaches the page."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from cure_jax import audit_report, documents
+from data_pipelines.datasets import Verification
+from data_pipelines.pipelines import ArraySource
 
 
 def _metrics(number=2, cumulative=True):
@@ -63,3 +68,28 @@ def test_the_page_holds_the_key_figures(tmp_path, cumulative):
     assert ("Membership inference" in page) == cumulative
     if cumulative:
         assert "53.75" in page and "51.25" in page
+
+
+def test_everyone_else_is_scored_on_the_pairs_without_the_forgotten_people():
+    # Ten people, two images each; each person's own pair, and each with the next one.
+    people = 10
+    source = ArraySource(np.zeros((2 * people, 1, 1, 3), np.uint8), np.repeat(np.arange(people), 2))
+    first = 2 * np.arange(people)
+    verification = Verification(
+        source, np.concatenate([first, first]),
+        np.concatenate([first + 1, (first + 2) % (2 * people)]),
+        np.arange(2 * people) < people, np.arange(2 * people) % 2,
+        names=tuple(f"p{i}" for i in range(people)))
+    emb = np.random.default_rng(0).normal(size=(2 * people, 8)).astype(np.float32)
+    runs = {"after": SimpleNamespace(sets={"verification": (emb, None)})}
+
+    def pairs(data, forgotten):
+        return audit_report._verification(data, runs, forgotten)["verification"]["after"][
+            "verification_pairs"]
+
+    data = SimpleNamespace(verification=verification, bin_verifications={})
+    assert pairs(data, ["p3"]) == 17  # p3's own pair and its two pairs across left out
+    assert pairs(data, []) == 20
+    unnamed = SimpleNamespace(verification=dataclasses.replace(verification, names=None),
+                              bin_verifications={})
+    assert pairs(unnamed, ["p3"]) == 20  # people not named: every pair counts
