@@ -326,7 +326,8 @@ def plot_validation(results: dict, reference: dict, best: str, best_values: dict
     axes[0].axhline(0.6, color="grey", lw=0.8, ls="--")
     axes[0].set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     axes[0].set_ylabel("Spearman with quality (minus degradation level)")
-    axes[0].set_title("By set (dotted: the teacher's own utility, dashed: 0.6)")
+    axes[0].set_title("By set (dotted: the teacher's own utility, dashed: 0.6)" if reference
+                      else "By set (dashed: 0.6)")
     axes[0].legend(fontsize=8)
     grid = np.array([[results[n]["per_kind"][k]["spearman"] for k in kinds] for n in names])
     axes[1].imshow(grid, cmap="RdBu", vmin=-1, vmax=1)
