@@ -25,6 +25,11 @@ embedding norm. Higher always means better quality.
 - **Embedding norm**: the L2 norm of the raw embedding (MagFace's observation that it grows with
   quality under margin losses); the cheap baseline.
 
+The model is an `IResNet` or an imported ONNX graph (`OnnxBackbone`, e.g. OpenCV's SFace). On a
+graph, SER-FIQ's head is everything after the graph's one Dropout node (SFace: flatten, fc,
+embedding BN) and GraFIQs reads the inputs of its 2-D BatchNormalization nodes and takes the
+gradient at the image only; `unsupported_reason` says when a score does not apply.
+
 Each `make_*_fn` returns a jitted `score(params, batch_stats, images, key) -> float32 [B]` of a
 backbone's evaluation graph (the key is used by SER-FIQ only), compiled once per input shape.
 Shape suffixes: B images, S image side, F flattened pre-embedding features, D embedding
@@ -45,6 +50,8 @@ from tqdm import tqdm
 from cure_jax import sharding
 from cure_jax.fields import Count, CountOrZero, Range
 from cure_jax.losses.common import l2_normalize
+from cure_jax.models.convert import onnx_nhwc
+from cure_jax.models.convert.onnx_import import OnnxBackbone
 from cure_jax.models.iresnet import IResNet
 from data_pipelines.pipelines import eval_batches
 
@@ -122,31 +129,105 @@ def _check_serfiq_options(passes: int, rate: float) -> None:
         raise ValueError(f"SER-FIQ dropout rate must be in [0, 1), got {rate!r}")
 
 
-def serfiq_quality(model: IResNet, images_BxSxSx3: jax.Array, key: jax.Array, *,
-                   passes: int = 100, rate: float = 0.5) -> jax.Array:
+def serfiq_quality(model: IResNet | OnnxBackbone, images_BxSxSx3: jax.Array, key: jax.Array,
+                   *, passes: int = 100, rate: float = 0.5) -> jax.Array:
     """SER-FIQ quality [B] in (0, 1]: 1 when every stochastic embedding agrees.
 
     Args:
-      model: an IResNet in evaluation mode.
+      model: an IResNet, or an imported ONNX graph with one Dropout node (SFace: dropout on
+        the last feature map, then flatten, fc and the embedding batch norm, as SER-FIQ's
+        head), in evaluation mode.
       images_BxSxSx3: normalised images.
       key: PRNG key of the dropout masks; the same key gives the same scores.
       passes: m, stochastic passes through the embedding head, >= 2.
       rate: dropout rate in [0, 1) on the pre-embedding features.
     """
     _check_serfiq_options(passes, rate)
-    features_BxF = trunk_with_bn_inputs(model, images_BxSxSx3)[0]
+    _check_supported("serfiq", model)
 
-    def one_pass(pass_key: jax.Array) -> jax.Array:
+    def dropout(pass_key: jax.Array, features: jax.Array) -> jax.Array:
         # Inverted dropout, as nnx.Dropout and Keras: kept features scaled by 1 / (1 - rate).
-        keep_BxF = jax.random.bernoulli(pass_key, 1.0 - rate, features_BxF.shape)
-        dropped_BxF = jnp.where(keep_BxF, features_BxF / (1.0 - rate), 0.0)
-        raw_BxD = model.features(model.fc(dropped_BxF), use_running_average=True)
-        return l2_normalize(raw_BxD)
+        keep = jax.random.bernoulli(pass_key, 1.0 - rate, features.shape)
+        return jnp.where(keep, features / (1.0 - rate), 0.0)
+
+    if isinstance(model, OnnxBackbone):
+        one_pass = _onnx_head_passes(model, images_BxSxSx3, dropout)
+    else:
+        features_BxF = trunk_with_bn_inputs(model, images_BxSxSx3)[0]
+
+        def one_pass(pass_key: jax.Array) -> jax.Array:
+            raw_BxD = model.features(model.fc(dropout(pass_key, features_BxF)),
+                                     use_running_average=True)
+            return l2_normalize(raw_BxD)
 
     unit_MxBxD = jax.vmap(one_pass)(jax.random.split(key, passes))
     mean_distance_B = jax.lax.map(_mean_pairwise_distance, jnp.swapaxes(unit_MxBxD, 0, 1),
                                   batch_size=8)
     return 2.0 * jax.nn.sigmoid(-mean_distance_B)
+
+
+def _onnx_head_passes(model: OnnxBackbone, images_BxSxSx3: jax.Array, dropout):
+    """SER-FIQ's stochastic pass of an ONNX graph: the nodes up to its Dropout node run once;
+    `one_pass(key)` drops the Dropout node's input with `dropout(key, x)` and runs the nodes after
+    it (SFace: flatten, fc, embedding batch norm), returning unit embeddings [B, D]."""
+    index = _onnx_dropout_index(model)
+    node = model.graph.nodes[index]
+    env = model.activations(images_BxSxSx3, stop=index)
+    features = env[node.inputs[0]]
+
+    def one_pass(pass_key: jax.Array) -> jax.Array:
+        if isinstance(features, onnx_nhwc.ChannelsLast):  # elementwise: the layout is immaterial
+            dropped = onnx_nhwc.ChannelsLast(dropout(pass_key, features.nhwc))
+        else:
+            dropped = dropout(pass_key, features)
+        out = model.run_nodes({**env, node.outputs[0]: dropped}, start=index + 1)
+        return l2_normalize(onnx_nhwc.canonical(out[model.graph.output_name]))
+
+    return one_pass
+
+
+def _onnx_dropout_index(model: OnnxBackbone) -> int | None:
+    """The index of the graph's Dropout node when it has exactly one, else None."""
+    found = [k for k, node in enumerate(model.graph.nodes) if node.op_type == "Dropout"]
+    return found[0] if len(found) == 1 else None
+
+
+def unsupported_reason(name: str, model, *, at: str = "image") -> str | None:
+    """Why the score `name` (with GraFIQs target `at`) cannot be computed on `model`, a backbone
+    module (either view), or None when it can.
+
+    The embedding norm reads only the output and works on any backbone. SER-FIQ and GraFIQs walk
+    the model: an `IResNet` (every target), or an imported ONNX graph (`OnnxBackbone`): SER-FIQ
+    needs its one Dropout node (the dropout point before the embedding layer; SFace has one),
+    GraFIQs its 2-D batch norms and takes gradients at the image only (stage outputs are the
+    IResNet's).
+    """
+    if name not in SCORES:
+        raise ValueError(f"unknown quality score {name!r}; valid: {', '.join(SCORES)}")
+    if name == "norm" or isinstance(model, IResNet):
+        return None
+    if not isinstance(model, OnnxBackbone):
+        return (f"{name} walks an IResNet or an imported ONNX graph; this backbone is a "
+                f"{type(model).__name__}")
+    if name == "serfiq":
+        count = sum(node.op_type == "Dropout" for node in model.graph.nodes)
+        if count != 1:
+            return (f"SER-FIQ needs one dropout point before the embedding layer; the graph has "
+                    f"{count} Dropout nodes")
+        return None
+    _check_target(at)
+    if at != "image":
+        return (f"GraFIQs at {at} takes gradients at an IResNet stage output; an ONNX graph has "
+                "no stages (only the image target applies)")
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.nodes):
+        return "GraFIQs needs batch norms; the graph has no BatchNormalization node"
+    return None
+
+
+def _check_supported(name: str, model, *, at: str = "image") -> None:
+    reason = unsupported_reason(name, model, at=at)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _mean_pairwise_distance(points_MxD: jax.Array) -> jax.Array:
@@ -179,17 +260,22 @@ def bn_discrepancy(bn_records) -> jax.Array:
     return jnp.mean(jnp.stack(terms))
 
 
-def grafiqs_magnitudes(model: IResNet, images_BxSxSx3: jax.Array) -> dict[str, jax.Array]:
+def grafiqs_magnitudes(model: IResNet | OnnxBackbone,
+                       images_BxSxSx3: jax.Array) -> dict[str, jax.Array]:
     """Sum of absolute gradients of the batch-norm discrepancy of each image on its own.
 
     Args:
-      model: an IResNet.
+      model: an IResNet, or an imported ONNX graph (`OnnxBackbone`: the image target only).
       images_BxSxSx3: normalised images; each is scored alone (its batch-norm statistics are
         over its spatial positions only), with one forward and one backward pass.
 
     Returns:
-      {target: float32 [B]} for every target in `GRAFIQS_TARGETS`: "image" or "stageK".
+      {target: float32 [B]} for every target in `GRAFIQS_TARGETS` ("image" or "stageK"); for
+      an ONNX graph, {"image": ...}.
     """
+    _check_supported("grafiqs", model)
+    if isinstance(model, OnnxBackbone):
+        return {"image": _onnx_grafiqs_image(model, images_BxSxSx3)}
 
     def one(image_SxSx3: jax.Array) -> jax.Array:
         image_1xSxSx3 = image_SxSx3[None]
@@ -204,6 +290,24 @@ def grafiqs_magnitudes(model: IResNet, images_BxSxSx3: jax.Array) -> dict[str, j
 
     magnitudes_Bx5 = jax.vmap(one)(images_BxSxSx3)
     return {target: magnitudes_Bx5[:, i] for i, target in enumerate(GRAFIQS_TARGETS)}
+
+
+def _onnx_grafiqs_image(model: OnnxBackbone, images_BxSxSx3: jax.Array) -> jax.Array:
+    """GraFIQs' gradient magnitude at the image [B] of an ONNX graph: the discrepancy over the
+    inputs of its 2-D BatchNormalization nodes (the 1-D ones after the flatten left out, as the
+    IResNet's embedding batch norm), each image alone."""
+
+    def loss(image_1xSxSx3: jax.Array) -> jax.Array:
+        records = []
+
+        def record(bn: nnx.BatchNorm, x: jax.Array) -> None:
+            if x.ndim == 4:
+                records.append((bn, x))
+
+        model.activations(image_1xSxSx3, on_batch_norm=record)
+        return bn_discrepancy(records)
+
+    return jax.vmap(lambda image: jnp.sum(jnp.abs(jax.grad(loss)(image[None]))))(images_BxSxSx3)
 
 
 def _check_target(at: str) -> None:
@@ -232,6 +336,7 @@ def make_grafiqs_fn(graph_eval: nnx.GraphDef, *, at: str = "image"):
     def score(params, batch_stats, images, key):
         del key  # deterministic
         model = nnx.merge(graph_eval, params, batch_stats)
+        _check_supported("grafiqs", model, at=at)
         return -grafiqs_magnitudes(model, images)[at]
 
     return score

@@ -1,5 +1,8 @@
 """Label-free quality scores: compile once, shapes, determinism, the fixed points of SER-FIQ and
-GraFIQs, and clean faces scoring above degraded ones."""
+GraFIQs, scores of imported ONNX graphs, and clean faces scoring above degraded ones."""
+
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,13 +11,17 @@ import pytest
 from flax import nnx
 
 from cure_jax import config as config_lib
-from cure_jax import optim, quality, sharding, teacher
+from cure_jax import export, optim, quality, sharding, teacher
 from cure_jax.models.backbone import build_model, split_model
+from cure_jax.models.convert.onnx_import import import_onnx
 from cure_jax.models.iresnet import IResNet
 from data_pipelines.pipelines import ArraySource, normalize
 from data_pipelines.sources.synthetic import identity_params, nuisance_params, render_face
+from tests import onnx_graphs
 
 SIZE = 32
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SFACE = "sface/face_recognition_sface_2021dec_int8bq.onnx"
 
 
 def _gather_running_statistics(graphs, params, stats, images, *, calls: int):
@@ -204,6 +211,92 @@ def test_score_source_matches_direct_calls_and_pads(backbone, score_fns):
     direct = score_fns["norm"](params, stats, jnp.asarray(normalize(pixels)), jax.random.key(0))
     assert scores.shape == (5,)
     np.testing.assert_allclose(scores, direct, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported(backbone, tmp_path_factory):
+    """The tiny IResNet written as ONNX (every batch norm a node, no dropout) and imported back:
+    the same network as an `OnnxBackbone`, (graphs, params, batch_stats)."""
+    pytest.importorskip("onnx", reason="the onnx package is needed to write the graph")
+    graphs, params, stats = backbone
+    path = tmp_path_factory.mktemp("exported") / "tiny_iresnet.onnx"
+    export.export_iresnet_onnx(nnx.merge(graphs.eval, params, stats), path)
+    return split_model(import_onnx(path))
+
+
+@pytest.fixture(scope="module")
+def recognizer(tmp_path_factory):
+    """A tiny SFace-like ONNX graph (dropout before flatten, fc and embedding batch norm),
+    imported: (module, graphs, params, batch_stats)."""
+    onnx = pytest.importorskip("onnx", reason="the onnx package is needed to write the graph")
+    path = tmp_path_factory.mktemp("recognizer") / "tiny_recognizer.onnx"
+    onnx.save(onnx_graphs.tiny_recognizer(), path)
+    module = import_onnx(path)
+    return (module, *split_model(module))
+
+
+def test_grafiqs_on_an_imported_graph_matches_the_iresnet(backbone, exported, images):
+    # The same batch norms read in the same order: the graph walk gives the IResNet's score.
+    direct = quality.make_grafiqs_fn(backbone[0].eval)(backbone[1], backbone[2], images,
+                                                       jax.random.key(0))
+    graphs, params, stats = exported
+    imported = quality.make_grafiqs_fn(graphs.eval)(params, stats, images, jax.random.key(0))
+    np.testing.assert_allclose(imported, direct, rtol=1e-3)
+
+
+def test_scores_a_graph_cannot_give_say_why(backbone, exported, images):
+    graphs, params, stats = exported
+    module = nnx.merge(graphs.eval, params, stats)
+    assert quality.unsupported_reason("norm", module) is None
+    assert quality.unsupported_reason("grafiqs", module) is None
+    assert "0 Dropout nodes" in quality.unsupported_reason("serfiq", module)
+    assert "no stages" in quality.unsupported_reason("grafiqs", module, at="stage3")
+    iresnet = nnx.merge(backbone[0].eval, backbone[1], backbone[2])
+    assert all(quality.unsupported_reason("grafiqs", iresnet, at=at) is None
+               for at in quality.GRAFIQS_TARGETS)
+    assert quality.unsupported_reason("serfiq", iresnet) is None
+    with pytest.raises(ValueError, match="no stages"):
+        quality.make_grafiqs_fn(graphs.eval, at="stage1")(params, stats, images,
+                                                           jax.random.key(0))
+    with pytest.raises(ValueError, match="dropout point"):
+        quality.make_serfiq_fn(graphs.eval, passes=2)(params, stats, images, jax.random.key(0))
+
+
+def test_a_graph_runs_in_parts(recognizer):
+    module, graphs, params, stats = recognizer
+    model = nnx.merge(graphs.eval, params, stats)
+    x = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-1.0, maxval=1.0)
+    cut = next(k for k, node in enumerate(model.graph.nodes) if node.op_type == "Dropout")
+    env = model.activations(x, stop=cut)
+    parts = model.run_nodes(env, start=cut)[model.graph.output_name]
+    np.testing.assert_allclose(parts, model(x), rtol=1e-6, atol=1e-6)
+    assert model.graph.output_name not in env
+
+
+def test_serfiq_on_a_graph_drops_the_input_of_its_dropout_node(recognizer):
+    module, graphs, params, stats = recognizer
+    x = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-1.0, maxval=1.0)
+    assert quality.unsupported_reason("serfiq", module) is None
+    none = quality.make_serfiq_fn(graphs.eval, passes=4, rate=0.0)(params, stats, x,
+                                                                   jax.random.key(0))
+    np.testing.assert_array_equal(none, 1.0)
+    score = quality.make_serfiq_fn(graphs.eval, passes=8, rate=0.5)
+    a, b = (score(params, stats, x, jax.random.key(k)) for k in (3, 4))
+    assert np.all((a > 0) & (a < 1)) and not np.array_equal(a, b)
+    norms = quality.make_norm_fn(graphs.eval)(params, stats, x, jax.random.key(0))
+    np.testing.assert_allclose(norms, jnp.linalg.norm(nnx.merge(graphs.eval, params, stats)(x),
+                                                      axis=-1), rtol=1e-6)
+
+
+def test_sface_takes_serfiq_and_grafiqs_at_the_image():
+    path = pathlib.Path(os.environ.get("CURE_JAX_MODELS", REPO.parent / "shared" / "models"),
+                        SFACE)
+    if not path.exists():
+        pytest.skip(f"{path} not found (set CURE_JAX_MODELS to its folder)")
+    sface = import_onnx(path)
+    assert quality.unsupported_reason("serfiq", sface) is None  # its dropout5 before pre_fc1
+    assert quality.unsupported_reason("grafiqs", sface) is None
+    assert quality.unsupported_reason("grafiqs", sface, at="stage1") is not None
 
 
 def _render(people, image_numbers, degradation: float | None) -> np.ndarray:

@@ -20,6 +20,18 @@ compilation (batches of `--batch-size`, input pipeline included).
     python tools/quality_validate.py --workdir /tmp/runs/default
 
 Writes `quality_validation.json` and `quality_validation.png` into the run folder (or --out).
+
+`--model` scores with another backbone on the same sets: a pretrained file (`.onnx` or arcface_torch
+`.pth`, looked up as `model.pretrained` is, e.g. OpenCV's SFace), imported without fine-tuning, or
+the exported teacher of another run folder (`teacher/export.json`, e.g. SFace fine-tuned on LFW).
+The images are rendered as for the run's own teacher and resized to the model's input side as a
+folder source resizes (PIL bilinear). Such a model has no class centres of the synthetic training
+people, so the utility reference is skipped; so is any score that does not apply to it (the
+reason is printed and written). Its verification on the run's synthetic pairs (flip test) is
+reported beside. Files: `quality_validation_<model>.json` and `.png`.
+
+    python tools/quality_validate.py --workdir /tmp/runs/default \
+        --model sface/face_recognition_sface_2021dec_int8bq.onnx
 """
 
 from __future__ import annotations
@@ -34,15 +46,21 @@ from typing import NamedTuple
 import jax
 import matplotlib
 import numpy as np
+from PIL import Image
 from scipy.stats import spearmanr
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
 from cure_jax import quality, sharding
 from cure_jax.embeddings import embed_pass, make_embed_fn
+from cure_jax.evaluation import verification_metrics
+from cure_jax.models import pretrained
+from cure_jax.models.backbone import Backbone, split_model
+from cure_jax.models.convert.onnx_import import import_onnx
+from cure_jax.models.convert.torch_state import load_arcface_iresnet
 from cure_jax.teacher import train_teacher
 from data_pipelines.datasets import load_face_data
-from data_pipelines.pipelines import ArraySource, SubsetSource, normalize
+from data_pipelines.pipelines import ArraySource, SubsetSource, materialize, normalize
 from data_pipelines.sources.synthetic import identity_params, nuisance_params, render_face
 
 matplotlib.use("Agg")
@@ -60,24 +78,80 @@ UNIFORM_UNSEEN_OFFSET = 4_000_000
 UNIFORM_IMAGE_OFFSET = 100_000
 
 
+def _train_command(workdir: pathlib.Path) -> str:
+    return f"python -m cure_jax.train --stage teacher --workdir {workdir}"
+
+
+def load_run(workdir: pathlib.Path, *, progress: bool = True):
+    """(config, data, mesh) of a run folder (its config.json).
+
+    Raises:
+      SystemExit: with the command to run when the folder has no config.json.
+    """
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise SystemExit(f"{config_path} not found; train a teacher first: "
+                         f"{_train_command(workdir)}")
+    config = config_lib.from_dict(json.loads(config_path.read_text()))
+    mesh = sharding.make_mesh(config.run.num_devices)
+    return config, load_face_data(config.data, progress=progress), mesh
+
+
 def load_teacher(workdir: pathlib.Path, *, progress: bool = True):
     """(config, data, teacher, mesh) of the finished teacher in a run folder.
 
     Raises:
       SystemExit: with the command to run when the folder holds no finished teacher.
     """
-    train_command = f"python -m cure_jax.train --stage teacher --workdir {workdir}"
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise SystemExit(f"{config_path} not found; train a teacher first: {train_command}")
-    if not (workdir / "teacher" / "eval.json").exists():
+    if (workdir / "config.json").exists() and not (workdir / "teacher" / "eval.json").exists():
         raise SystemExit(f"the teacher in {workdir / 'teacher'} is not finished; finish it: "
-                         f"{train_command} (with the --config it was started with)")
-    config = config_lib.from_dict(json.loads(config_path.read_text()))
-    mesh = sharding.make_mesh(config.run.num_devices)
-    data = load_face_data(config.data, progress=progress)
+                         f"{_train_command(workdir)} (with the --config it was started with)")
+    config, data, mesh = load_run(workdir, progress=progress)
     teacher = train_teacher(config, data, workdir, mesh)  # finished: restores the last step
     return config, data, teacher, mesh
+
+
+def load_model(spec: str) -> tuple[dict, object]:
+    """(description, backbone module) of `--model`: a run folder's exported teacher, or a
+    pretrained file as `model.pretrained` names one.
+
+    Raises:
+      SystemExit: a run folder without an exported teacher, or no such file.
+    """
+    folder = pathlib.Path(spec).expanduser()
+    if folder.is_dir():
+        record = folder / "teacher" / "export.json"
+        if not record.exists():
+            raise SystemExit(f"{folder} holds no exported teacher ({record} not found); give a "
+                             "run folder whose teacher is finished, or a pretrained file")
+        # The file beside the record: the folder may have moved since the run wrote it.
+        path = record.parent / pathlib.Path(json.loads(record.read_text())["teacher_file"]).name
+        description = {"kind": "run teacher", "run": str(folder), "file": str(path),
+                       "name": folder.name}
+    else:
+        try:
+            path = pretrained.resolve(spec)
+        except pretrained.PretrainedError as err:
+            raise SystemExit(str(err)) from None
+        description = {"kind": "pretrained file, no fine-tuning", "file": str(path),
+                       "name": path.stem}
+    if not path.is_file():
+        raise SystemExit(f"{path} not found")
+    module = import_onnx(path) if path.suffix.lower() == ".onnx" else load_arcface_iresnet(path)
+    description.update(input_size=int(module.input_size),
+                       embedding_dim=int(module.embedding_dim))
+    return description, module
+
+
+def resized(source, size: int) -> ArraySource:
+    """Every record of `source` in memory, its image resized to `size` x `size` as a folder
+    source resizes (PIL bilinear); labels kept."""
+    loaded = materialize(source, desc="resizing", progress=False)
+    images = loaded.images
+    if images.shape[1:3] != (size, size):
+        images = np.stack([np.asarray(Image.fromarray(image).resize(
+            (size, size), Image.Resampling.BILINEAR)) for image in images])
+    return ArraySource(images, loaded.labels)
 
 
 def score_specs(*, passes: int, rate: float) -> dict[str, dict]:
@@ -252,7 +326,8 @@ def plot_validation(results: dict, reference: dict, best: str, best_values: dict
     axes[0].axhline(0.6, color="grey", lw=0.8, ls="--")
     axes[0].set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     axes[0].set_ylabel("Spearman with quality (minus degradation level)")
-    axes[0].set_title("By set (dotted: the teacher's own utility, dashed: 0.6)")
+    axes[0].set_title("By set (dotted: the teacher's own utility, dashed: 0.6)" if reference
+                      else "By set (dashed: 0.6)")
     axes[0].legend(fontsize=8)
     grid = np.array([[results[n]["per_kind"][k]["spearman"] for k in kinds] for n in names])
     axes[1].imshow(grid, cmap="RdBu", vmin=-1, vmax=1)
@@ -271,10 +346,26 @@ def plot_validation(results: dict, reference: dict, best: str, best_values: dict
     plt.close(fig)
 
 
+def model_verification(graphs, backbone: Backbone, verification, *, size: int, batch_size: int,
+                       mesh) -> dict:
+    """The model's verification on the run's synthetic pairs (flip test), images resized."""
+    embed = make_embed_fn(graphs.eval)
+    source = resized(verification.source, size)
+    plain, mirrored = (embed_pass(embed, backbone.params, backbone.batch_stats, source,
+                                  batch_size=batch_size, mesh=mesh, mirrored=flip)
+                       for flip in (False, True))
+    return verification_metrics(plain, mirrored, verification)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, type=pathlib.Path,
-                        help="run folder with a finished teacher on synthetic faces")
+                        help="run folder with a finished teacher on synthetic faces (with "
+                             "--model: its config.json decides the sets)")
+    parser.add_argument("--model", default="",
+                        help="score with this backbone instead of the run's teacher: a "
+                             "pretrained .onnx / .pth file (as model.pretrained names one) or "
+                             "another run folder (its exported teacher)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="folder for the JSON and the plot (default: the run folder)")
     parser.add_argument("--max-images", type=int, default=1000,
@@ -289,7 +380,11 @@ def main(argv=None) -> int:
                         help="comma-separated subset of the scores (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sets and SER-FIQ")
     args = parser.parse_args(argv)
-    config, data, teacher, mesh = load_teacher(args.workdir)
+    if args.model:
+        config, data, mesh = load_run(args.workdir)
+        teacher = None
+    else:
+        config, data, teacher, mesh = load_teacher(args.workdir)
     if config.data.source != "synthetic" or data.verification is None:
         raise SystemExit("validation needs synthetic faces (recorded degradation) with unseen "
                          f"verification people; {args.workdir} has data.source="
@@ -301,14 +396,50 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown scores {unknown}; valid: {', '.join(specs)}")
         specs = {name: specs[name] for name in args.only.split(",")}
     sets = validation_sets(data, config, max_images=args.max_images, seed=args.seed)
-    utility = recognition_utility(teacher, sets, batch_size=args.batch_size, mesh=mesh)
+    model_summary = {}
+    if teacher is not None:
+        utility = recognition_utility(teacher, sets, batch_size=args.batch_size, mesh=mesh)
+    else:
+        description, module = load_model(args.model)
+        size = description["input_size"]
+        graphs, params, batch_stats = split_model(module)
+        backbone = Backbone(params, batch_stats)
+        sets = {split: item._replace(source=resized(item.source, size))
+                for split, item in sets.items()}
+        utility = {}
+        skipped = {label: reason for label, options in specs.items()
+                   if (reason := quality.unsupported_reason(options["name"], module,
+                                                           at=options.get("at", "image")))}
+        for label, reason in skipped.items():
+            print(f"{label:16s} skipped: {reason}")
+        specs = {label: options for label, options in specs.items() if label not in skipped}
+        if not specs:
+            raise SystemExit(f"no score applies to {args.model}")
+        start = time.perf_counter()
+        description["synthetic_verification"] = model_verification(
+            graphs, backbone, data.verification, size=size, batch_size=args.batch_size,
+            mesh=mesh)
+        description["synthetic_verification"]["seconds"] = time.perf_counter() - start
+        reason = ("the model has no class centres of the synthetic training people (a "
+                  "pretrained file has no head; a run's head is over that run's own people)")
+        print(f"{description['name']} ({description['kind']}), {size}x{size} input from "
+              f"{config.data.image_size}x{config.data.image_size} renders: synthetic "
+              f"verification {description['synthetic_verification']['verification_accuracy']:.4f}"
+              f"; utility reference skipped: {reason}")
+        model_summary = {"model": description, "rendered_size": config.data.image_size,
+                         "resample": "PIL bilinear", "utility_skipped": reason,
+                         "skipped_scores": skipped}
     reference = {split: float(spearmanr(u, -sets[split].degradation).statistic)
                  for split, u in utility.items()}
-    print("utility (cosine to own class centre) vs quality: "
-          + " ".join(f"{k}={v:.3f}" for k, v in reference.items()))
+    if teacher is not None:
+        print("utility (cosine to own class centre) vs quality: "
+              + " ".join(f"{k}={v:.3f}" for k, v in reference.items()))
     kind_sets = render_kind_study(people=args.people, image_size=config.data.image_size,
                                   seed=config.data.seed)
-    graphs, backbone = teacher.backbone()
+    if teacher is not None:
+        graphs, backbone = teacher.backbone()
+    else:
+        kind_sets = {kind: resized(source, size) for kind, source in kind_sets.items()}
     results, values = {}, {}
     key = jax.random.key(args.seed)
     for label, options in specs.items():
@@ -322,18 +453,22 @@ def main(argv=None) -> int:
     best = max(results, key=lambda n: results[n]["spearman"]["holdout_uniform"])
     out = args.out or args.workdir
     out.mkdir(parents=True, exist_ok=True)
+    stem = "quality_validation"
+    if teacher is None:
+        stem += "_" + "".join(c if c.isalnum() or c in "-_." else "_"
+                              for c in model_summary["model"]["name"])
     summary = {
-        "workdir": str(args.workdir), "best_on_holdout_uniform": best,
+        "workdir": str(args.workdir), **model_summary, "best_on_holdout_uniform": best,
         "counts": {split: len(item.source) for split, item in sets.items()},
         "utility_vs_quality": reference,
         "kind_study": {"people": args.people, "levels": list(LEVELS),
                        "occlusion_levels": [0.0, 1.0]},
         "serfiq": {"passes": args.passes, "rate": args.rate}, "seed": args.seed,
         "backend": jax.default_backend(), "scores": results}
-    (out / "quality_validation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_validation(results, reference, best, values[best], sets, out / "quality_validation.png")
-    print(f"best on holdout_uniform: {best}; wrote {out / 'quality_validation.json'} and "
-          f"{out / 'quality_validation.png'}")
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_validation(results, reference, best, values[best], sets, out / f"{stem}.png")
+    print(f"best on holdout_uniform: {best}; wrote {out / f'{stem}.json'} and "
+          f"{out / f'{stem}.png'}")
     return 0
 
 

@@ -184,11 +184,14 @@ class OnnxBackbone(nnx.Module):
         # An NCHW graph gets the NHWC images as they are, marked channels-last.
         return onnx_nhwc.ChannelsLast(x) if self.layout == "NCHW" else x
 
-    def _stateful(self, node: Node, x, key: str, dropout_key: jax.Array | None):
+    def _stateful(self, node: Node, x, key: str, dropout_key: jax.Array | None,
+                  on_batch_norm=None):
         """A BatchNormalization or Dropout node on `x`, channels last."""
         channels_last = isinstance(x, onnx_nhwc.ChannelsLast)
         data = x.nhwc if channels_last else jnp.moveaxis(x, 1, -1)  # no-op for [B, C]
         if node.op_type == "BatchNormalization":
+            if on_batch_norm is not None:
+                on_batch_norm(self.norms[key], data)
             out = self.norms[key](data)
         else:
             out = self.dropouts[key](data, rngs=dropout_key)
@@ -204,10 +207,38 @@ class OnnxBackbone(nnx.Module):
         Returns:
           Raw (unnormalised) embeddings [B, D], the graph's output.
         """
+        env = self.activations(images, dropout_key=dropout_key)
+        return onnx_nhwc.canonical(env[self.graph.output_name])
+
+    def activations(self, images: jax.Array, *, stop: int | None = None,
+                    dropout_key: jax.Array | None = None, on_batch_norm=None) -> dict:
+        """The values the graph's nodes before index `stop` (all: None) compute from `images`.
+
+        Returns:
+          {ONNX value name: value}; a 4-D image value may be an `onnx_nhwc.ChannelsLast`
+          (`onnx_nhwc.canonical` gives its ONNX layout). See `run_nodes` for the arguments.
+        """
+        return self.run_nodes({self.graph.input_name: self._adapt_input(images)}, stop=stop,
+                              dropout_key=dropout_key, on_batch_norm=on_batch_norm)
+
+    def run_nodes(self, env: dict, *, start: int = 0, stop: int | None = None,
+                  dropout_key: jax.Array | None = None, on_batch_norm=None) -> dict:
+        """`env` extended by the values of the graph's nodes `start` to `stop` (excluded), run in
+        order: a forward pass in parts (quality scores replace a value between two parts).
+
+        Args:
+          env: {ONNX value name: value}, every value these nodes read that is not a weight or
+            a constant (e.g. from `activations`); not modified.
+          start, stop: node indices (`graph.nodes`); `stop` None runs to the end.
+          dropout_key: PRNG key for the graph's dropout in training (unused in evaluation).
+          on_batch_norm: None, or `on_batch_norm(module, x)` called with the `nnx.BatchNorm` of
+            every BatchNormalization node run and its input, channels last ([B, H, W, C] or
+            [B, C]), before the node runs.
+        """
         graph = self.graph
         weights = {name: self.weights[key] for name, key in self.weight_keys}
         node_keys = dict(self.node_keys)
-        env = {graph.input_name: self._adapt_input(images)}
+        env = dict(env)
 
         def value(name):
             if name == "":
@@ -216,17 +247,20 @@ class OnnxBackbone(nnx.Module):
                 return env[name]
             return weights[name][...] if name in weights else graph.constants[name]
 
-        for k, node in enumerate(graph.nodes):
+        stop = len(graph.nodes) if stop is None else stop
+        for k in range(start, stop):
+            node = graph.nodes[k]
             inputs = [value(name) for name in node.inputs]
             if node.op_type in ("BatchNormalization", "Dropout"):
                 key = None if dropout_key is None else jax.random.fold_in(dropout_key, k)
-                outputs = (self._stateful(node, inputs[0], node_keys[node.name], key),)
+                outputs = (self._stateful(node, inputs[0], node_keys[node.name], key,
+                                          on_batch_norm),)
             elif onnx_nhwc.takes_channels_last(node, inputs):
                 outputs = onnx_nhwc.run_channels_last(node, inputs)
             else:
                 outputs = onnx_ops.run_node(node, [onnx_nhwc.canonical(v) for v in inputs])
             env.update(zip(node.outputs, outputs, strict=False))
-        return onnx_nhwc.canonical(env[graph.output_name])
+        return env
 
 
 def import_onnx(path: str | os.PathLike, *, input_range: str = "auto", bgr: bool = False,

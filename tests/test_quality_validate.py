@@ -1,0 +1,40 @@
+"""tools/quality_validate.py with another model than the run's teacher (`--model`): a tiny
+SFace-like ONNX graph on a tiny synthetic run, its 16x16 input resized from the run's renders."""
+
+import json
+
+import pytest
+
+from cure_jax import config as config_lib
+from tests import onnx_graphs
+from tools import quality_validate
+
+onnx = pytest.importorskip("onnx", reason="the onnx package is needed to write the test graph")
+
+
+def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
+    config = config_lib.load_config("smoke")  # 32x32 renders; no teacher is trained
+    config_lib.write_config(config, tmp_path / "config.json")
+    onnx.save(onnx_graphs.tiny_recognizer(), tmp_path / "tiny.onnx")
+    assert quality_validate.main([
+        "--workdir", str(tmp_path), "--model", str(tmp_path / "tiny.onnx"), "--max-images", "8",
+        "--people", "2", "--passes", "2", "--batch-size", "8",
+        "--only", "serfiq,grafiqs@image,grafiqs@stage2,norm"]) == 0
+    summary = json.loads((tmp_path / "quality_validation_tiny.json").read_text())
+    assert summary["model"]["input_size"] == onnx_graphs.SIZE
+    assert summary["rendered_size"] == config.data.image_size
+    assert summary["utility_vs_quality"] == {} and "class centres" in summary["utility_skipped"]
+    assert "no stages" in summary["skipped_scores"]["grafiqs@stage2"]
+    assert set(summary["scores"]) == {"serfiq", "grafiqs@image", "norm"}
+    for result in summary["scores"].values():
+        assert set(result["spearman"]) == {"train", "holdout", "unseen_people",
+                                           "holdout_uniform", "unseen_uniform"}
+        assert result["spearman_with_utility"] == {}
+    assert 0.0 <= summary["model"]["synthetic_verification"]["verification_accuracy"] <= 1.0
+    assert (tmp_path / "quality_validation_tiny.png").exists()
+    assert not (tmp_path / "quality_validation.json").exists()  # the teacher's file is not touched
+
+
+def test_a_run_folder_without_an_exported_teacher_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="no exported teacher"):
+        quality_validate.load_model(str(tmp_path))
