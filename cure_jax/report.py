@@ -9,8 +9,15 @@ import numpy as np
 from cure_jax.seeds import Spread, mean_of, std_of
 
 
+def _one_seed(value):
+    """A `Spread` over a single seed as its plain value: one run has no spread to show."""
+    return value.mean if isinstance(value, Spread) and len(value.values) == 1 else value
+
+
 def pct_cell(value) -> str:
-    """A fraction as a table cell in %; a `Spread` over seeds as `mean ± std`; "-" for none."""
+    """A fraction as a table cell in %; a `Spread` over seeds as `mean ± std` (over one seed,
+    the value); "-" for none."""
+    value = _one_seed(value)
     if isinstance(value, Spread):
         return "-" if math.isnan(value.mean) else f"{_pct(value.mean)} ± {_pct(value.std)}"
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
@@ -18,7 +25,9 @@ def pct_cell(value) -> str:
 
 
 def num_cell(value, digits: int = 4) -> str:
-    """A number as a table cell; a `Spread` over seeds as `mean ± std`; "-" for none."""
+    """A number as a table cell; a `Spread` over seeds as `mean ± std` (over one seed, the
+    value); "-" for none."""
+    value = _one_seed(value)
     if isinstance(value, Spread):
         return ("-" if math.isnan(value.mean) else
                 f"{_num(value.mean, digits)} ± {_num(value.std, digits)}")

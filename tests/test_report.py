@@ -16,6 +16,9 @@ def test_cells_show_a_spread_as_mean_plus_minus_std():
     assert report.num_cell(Spread(0.3006, 0.0201, ())) == "0.3006 ± 0.0201"
     assert report.pct_cell(None) == "-" and report.num_cell(float("nan")) == "-"
     assert report.pct_cell(Spread(float("nan"), float("nan"), ())) == "-"
+    # One seed has no spread: its value alone, not "± 0.00".
+    assert report.pct_cell(Spread(0.1234, 0.0, (0.1234,))) == "12.34"
+    assert report.num_cell(Spread(1212.0, 0.0, (1212.0,)), 0) == "1212"
 
 
 def test_axis_limits_fit_the_data_not_the_whole_range():
