@@ -52,11 +52,13 @@ def seed_folder(workdir: pathlib.Path, seed: int | None) -> pathlib.Path:
 
 
 def note(seed_list: tuple[int, ...]) -> str:
-    """The sentence a several-seed report opens with."""
+    """The sentence a several-seed report opens with (one seed: no spread to speak of)."""
+    what = (f"(unlearn.seed = {', '.join(map(str, seed_list))}: which identities are forgotten "
+            "and the unlearning run's randomness; one teacher)")
+    if len(seed_list) == 1:
+        return f"One seed {what}: no spread is measured."
     return (f"Each value is the mean ± sample standard deviation over {len(seed_list)} seeds "
-            f"(unlearn.seed = {', '.join(map(str, seed_list))}: which identities are forgotten "
-            "and the unlearning run's randomness; one teacher); the teacher's values before "
-            "unlearning vary with the seeds' requests.")
+            f"{what}; the teacher's values before unlearning vary with the seeds' requests.")
 
 
 class Spread(NamedTuple):

@@ -83,3 +83,9 @@ def test_paired_difference_removes_what_the_requests_share():
     assert change.mean == pytest.approx(0.02) and change.std == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError):
         seeds.paired_difference([0.1], [0.1, 0.2])
+
+
+def test_note_speaks_of_a_spread_only_over_several_seeds():
+    assert "mean ± sample standard deviation over 3 seeds" in seeds.note((0, 1, 2))
+    one = seeds.note((0,))
+    assert "One seed" in one and "±" not in one
