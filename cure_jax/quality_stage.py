@@ -332,15 +332,15 @@ def quality_report(results: dict, payload: dict, subsets: dict) -> str:
                                          for s in suffixes),
             pct_cell(m.get("tar_at_far_1e_3")), pct_cell(m.get("holdout_accuracy")), forgotten])
     seeds_text = ", ".join(map(str, payload["seeds"]))
+    over = (f"mean ± standard deviation over the seeds {seeds_text}" if len(payload["seeds"]) > 1
+            else f"one seed, {seeds_text}")
     parts = [f"# Quality-aware unlearning on {payload['config']}", "",
              f"{payload['method']} forgets the training images whose `{payload['score']}` "
              f"score (the teacher's) is below its {payload['percentile']:g}th percentile, "
              "across all people and without labels, or as many images drawn at random. "
              "Verification over all pairs and over the pairs of low and high quality (the lower "
-             "of a pair's two scores, split at the median). Values in %; "
-             + (f"mean ± standard deviation over the seeds {seeds_text}"
-                if len(payload["seeds"]) > 1 else f"one seed, {seeds_text}")
-             + " (unlearn.seed: the unlearning run and the random draw).", "", table(header, rows)]
+             f"of a pair's two scores, split at the median). Values in %; {over} "
+             "(unlearn.seed: the unlearning run and the random draw).", "", table(header, rows)]
     if "score_spearman_train" in payload:
         low, rand = results["low_quality"], results["random"]
         parts += ["", f"The score against the renderer's recorded degradation on the training "
