@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cure_jax.models.channel_ops import BatchNorm, broadcast_channels
+
 DEPTHS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
 STAGE_CHANNELS = (64, 128, 256, 512)
 INPUT_SIZES = (32, 64, 112)  # 32 is for tests only; 112 is the insightface standard
@@ -32,9 +34,10 @@ _PAD1 = ((1, 1), (1, 1))  # explicit, to match PyTorch's padding=1 for stride-2 
 
 
 def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True,
-        dtype: jnp.dtype | None = None) -> nnx.BatchNorm:
-    # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5.
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, dtype=dtype,
+        dtype: jnp.dtype | None = None) -> BatchNorm:
+    # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5. BatchNorm is
+    # nnx.BatchNorm with its per-channel sums as matrix products (faster on XLA:CPU).
+    return BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, dtype=dtype,
                          rngs=rngs)
 
 
@@ -53,7 +56,9 @@ class PReLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # In the input's dtype: a float32 slope would lift bfloat16 activations to float32.
-        return jnp.where(x >= 0, x, self.slope[...].astype(x.dtype) * x)
+        # broadcast_channels: the slope's gradient is a matrix product, not a reduction.
+        slope = broadcast_channels(self.slope[...], x.shape, x.dtype)
+        return jnp.where(x >= 0, x, slope * x)
 
 
 class IBasicBlock(nnx.Module):

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cure_jax.models.channel_ops import BatchNorm
 from cure_jax.models.convert import onnx_nhwc, onnx_ops
 from cure_jax.models.convert.onnx_graph import Node, OnnxGraph, OnnxImportError, read_onnx
 
@@ -76,7 +77,7 @@ def weight_names(graph: OnnxGraph) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _batch_norm(graph: OnnxGraph, node: Node) -> nnx.BatchNorm:
+def _batch_norm(graph: OnnxGraph, node: Node) -> BatchNorm:
     names = node.inputs[1:5]
     if len(names) != 4 or not all(_is_float_constant(graph, n) for n in names):
         raise OnnxImportError(f"{graph.path}: {node.describe()}: scale, bias, mean and variance "
@@ -91,9 +92,9 @@ def _batch_norm(graph: OnnxGraph, node: Node) -> nnx.BatchNorm:
                               f"{mean.shape}, {var.shape}")
     # Two-pass variance, as PyTorch and onnxruntime compute batch statistics.
     # Channels last: the module hands batch norms NHWC images and [B, C] vectors.
-    bn = nnx.BatchNorm(scale.size, axis=-1, momentum=float(node.attr("momentum", 0.9)),
-                       epsilon=float(node.attr("epsilon", 1e-5)), use_fast_variance=False,
-                       rngs=nnx.Rngs(0))
+    bn = BatchNorm(scale.size, axis=-1, momentum=float(node.attr("momentum", 0.9)),
+                   epsilon=float(node.attr("epsilon", 1e-5)), use_fast_variance=False,
+                   rngs=nnx.Rngs(0))
     for variable, array in ((bn.scale, scale), (bn.bias, bias), (bn.mean, mean), (bn.var, var)):
         variable[...] = jnp.asarray(array)
     return bn
