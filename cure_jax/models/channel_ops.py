@@ -27,7 +27,10 @@ from flax import nnx
 def _channel_sum(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     channels = shape[-1]
     ones = jnp.ones((x.size // channels,), x.dtype)
-    total = jnp.dot(ones, x.reshape(-1, channels), preferred_element_type=jnp.float32)
+    # HIGHEST: GPUs would otherwise multiply float32 in TF32 (10-bit mantissas), which batch-norm
+    # statistics cannot afford; on the CPU it changes nothing.
+    total = jnp.dot(ones, x.reshape(-1, channels), precision=jax.lax.Precision.HIGHEST,
+                    preferred_element_type=jnp.float32)
     return total.astype(x.dtype)
 
 

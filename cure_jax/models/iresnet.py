@@ -38,7 +38,7 @@ def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True,
     # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5. BatchNorm is
     # nnx.BatchNorm with its per-channel sums as matrix products (faster on XLA:CPU).
     return BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, dtype=dtype,
-                         rngs=rngs)
+                     rngs=rngs)
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs,
