@@ -1,13 +1,14 @@
 """Per-channel sums and broadcasts as matrix products, and the batch norm built on them.
 
-Why: XLA:CPU rewrites every large reduction into a `reduce-window` loop followed by a small
-reduce (its tree-reduction pass, for accuracy), and those loops are slow: in the default teacher
-step the batch norms' statistics and the gradients of their scales, biases and of the PReLU
-slopes became 246 `reduce-window` ops taking about a fifth of the step. A per-channel sum
-written as `ones[N] @ x[N, C]` is a matrix product instead, 2-6x faster on the same arrays
-(docs/PERFORMANCE.md). Autodiff would turn the broadcasts of a per-channel vector back into
-reductions in the backward pass, so `broadcast_channels` has its own gradient (a
-`channel_sum`), and `channel_sum`'s gradient is a broadcast.
+Why: with the XLA flag the package sets (`cure_jax/__init__.py`), XLA:CPU rewrites every large
+reduction into a `reduce-window` loop followed by a small reduce (its tree-reduction pass, for
+accuracy), and those loops are slow: in the default teacher step the batch norms' statistics and
+the gradients of their scales, biases and of the PReLU slopes became 246 `reduce-window` ops,
+about a fifth of the step on one core. A per-channel sum written as `ones[N] @ x[N, C]` is a
+matrix product instead, 2-5x faster on the same arrays (docs/PERFORMANCE.md: the teacher
+step 11-13% faster on one core, within noise on two). Autodiff would turn the broadcasts of a
+per-channel vector back into reductions in the backward pass, so `broadcast_channels` has its
+own gradient (a `channel_sum`), and `channel_sum`'s gradient is a broadcast.
 
 `BatchNorm` is `nnx.BatchNorm` (same variables, same checkpoints, same `nnx.view` keys) whose
 call computes the same thing through these two functions for a channels-last input; other

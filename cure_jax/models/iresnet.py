@@ -36,7 +36,7 @@ _PAD1 = ((1, 1), (1, 1))  # explicit, to match PyTorch's padding=1 for stride-2 
 def _bn(features: int, rngs: nnx.Rngs, *, use_scale: bool = True,
         dtype: jnp.dtype | None = None) -> BatchNorm:
     # PyTorch momentum 0.1 is Flax momentum 0.9; arcface_torch uses eps 1e-5. BatchNorm is
-    # nnx.BatchNorm with its per-channel sums as matrix products (faster on XLA:CPU).
+    # nnx.BatchNorm with its per-channel sums as matrix products (no XLA:CPU reduce-window loops).
     return BatchNorm(features, momentum=0.9, epsilon=1e-5, use_scale=use_scale, dtype=dtype,
                      rngs=rngs)
 
