@@ -3,6 +3,7 @@ SFace-like ONNX graph on a tiny synthetic run, its 16x16 input resized from the 
 
 import json
 
+import numpy as np
 import pytest
 
 from cure_jax import config as config_lib
@@ -19,7 +20,8 @@ def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
     assert quality_validate.main([
         "--workdir", str(tmp_path), "--model", str(tmp_path / "tiny.onnx"), "--max-images", "8",
         "--people", "2", "--passes", "2", "--batch-size", "8",
-        "--only", "serfiq,grafiqs@image,grafiqs@stage2,norm"]) == 0
+        "--only", "serfiq,grafiqs@image,grafiqs@stage2,norm",
+        "--rank-mean", "grafiqs@image,norm"]) == 0
     summary = json.loads((tmp_path / "quality_validation_tiny.json").read_text())
     assert summary["model"]["input_size"] == onnx_graphs.SIZE
     assert summary["rendered_size"] == config.data.image_size
@@ -30,6 +32,8 @@ def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
         assert set(result["spearman"]) == {"train", "holdout", "unseen_people",
                                            "holdout_uniform", "unseen_uniform"}
         assert result["spearman_with_utility"] == {}
+    assert summary["rank_mean"]["scores"] == ["grafiqs@image", "norm"]
+    assert set(summary["rank_mean"]["spearman"]) == set(summary["scores"]["norm"]["spearman"])
     assert 0.0 <= summary["model"]["synthetic_verification"]["verification_accuracy"] <= 1.0
     assert (tmp_path / "quality_validation_tiny.png").exists()
     assert not (tmp_path / "quality_validation.json").exists()  # the teacher's file is not touched
@@ -38,3 +42,24 @@ def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
 def test_a_run_folder_without_an_exported_teacher_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no exported teacher"):
         quality_validate.load_model(str(tmp_path))
+
+
+def test_a_rank_mean_of_scores_that_see_different_degradations_follows_both():
+    # The level is the sum of two independent degradations; each score sees one of them.
+    rng = np.random.default_rng(0)
+    blur, noise = rng.uniform(size=(2, 500))
+    sets = {"uniform": quality_validate.ValidationSet(source=None, degradation=blur + noise,
+                                                      labels=None)}
+    values = {"sees_blur": {"uniform": -blur}, "sees_noise": {"uniform": -noise}}
+    fused = quality_validate.rank_mean(values, ["sees_blur", "sees_noise"], sets, utility={})
+    single = quality_validate.rank_mean(values, ["sees_blur", "sees_blur"], sets, utility={})
+    assert single["spearman"]["uniform"] == pytest.approx(0.69, abs=0.05)
+    assert fused["spearman"]["uniform"] > 0.95
+    assert fused["spearman_with_utility"] == {}
+
+
+def test_a_rank_mean_of_scores_not_run_is_refused(tmp_path):
+    config_lib.write_config(config_lib.load_config("smoke"), tmp_path / "config.json")
+    with pytest.raises(SystemExit, match="--rank-mean needs two or more"):
+        quality_validate.main(["--workdir", str(tmp_path), "--model", "none.onnx",
+                               "--only", "norm", "--rank-mean", "norm,serfiq"])

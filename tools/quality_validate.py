@@ -32,6 +32,11 @@ reported beside. Files: `quality_validation_<model>.json` and `.png`.
 
     python tools/quality_validate.py --workdir /tmp/runs/default \
         --model sface/face_recognition_sface_2021dec_int8bq.onnx
+
+`--rank-mean a,b` also reports the score that averages the ranks of scores a and b within each
+set (equal weights, fixed beforehand: nothing is fitted to the levels). Scores that see
+different degradations can together follow quality better than either; the per-kind study is
+not run for it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import jax
 import matplotlib
 import numpy as np
 from PIL import Image
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
 from cure_jax import config as config_lib
@@ -307,6 +312,19 @@ def evaluate_score(score, backbone, sets: dict, utility: dict, kind_sets: dict, 
     return result, values
 
 
+def rank_mean(values: dict[str, dict[str, np.ndarray]], names: list[str], sets: dict,
+              utility: dict) -> dict:
+    """Spearman correlations of the mean within-set rank of the scores `names` (equal weights)."""
+    result = {"scores": names, "spearman": {}, "spearman_with_utility": {}}
+    for split, item in sets.items():
+        fused = np.mean([rankdata(values[name][split]) for name in names], axis=0)
+        result["spearman"][split] = float(spearmanr(fused, -item.degradation).statistic)
+        if split in utility:
+            result["spearman_with_utility"][split] = float(
+                spearmanr(fused, utility[split]).statistic)
+    return result
+
+
 def plot_validation(results: dict, reference: dict, best: str, best_values: dict, sets: dict,
                     path) -> None:
     """Spearman per score and set (with the utility ceiling), per-kind Spearman, and the best
@@ -379,6 +397,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated subset of the scores (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sets and SER-FIQ")
+    parser.add_argument("--rank-mean", default="",
+                        help="comma-separated scores (two or more, among those run) whose "
+                             "within-set ranks are averaged into one more score")
     args = parser.parse_args(argv)
     if args.model:
         config, data, mesh = load_run(args.workdir)
@@ -395,6 +416,10 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown scores {unknown}; valid: {', '.join(specs)}")
         specs = {name: specs[name] for name in args.only.split(",")}
+    fused_names = [name for name in args.rank_mean.split(",") if name]
+    if fused_names and (len(fused_names) < 2 or not set(fused_names) <= set(specs)):
+        raise SystemExit(f"--rank-mean needs two or more of the scores run ({', '.join(specs)}); "
+                         f"got {args.rank_mean!r}")
     sets = validation_sets(data, config, max_images=args.max_images, seed=args.seed)
     model_summary = {}
     if teacher is not None:
@@ -450,6 +475,10 @@ def main(argv=None) -> int:
         row = results[label]
         print(f"{label:16s} " + " ".join(f"{s}={v:.3f}" for s, v in row["spearman"].items())
               + f"  {1e3 * row['seconds_per_image']:.2f} ms/image", flush=True)
+    fused = rank_mean(values, fused_names, sets, utility) if fused_names else None
+    if fused:
+        print(f"{'rank mean':16s} " + " ".join(f"{s}={v:.3f}" for s, v in fused["spearman"].items())
+              + f"  ({', '.join(fused_names)})", flush=True)
     best = max(results, key=lambda n: results[n]["spearman"]["holdout_uniform"])
     out = args.out or args.workdir
     out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +494,8 @@ def main(argv=None) -> int:
                        "occlusion_levels": [0.0, 1.0]},
         "serfiq": {"passes": args.passes, "rate": args.rate}, "seed": args.seed,
         "backend": jax.default_backend(), "scores": results}
+    if fused:
+        summary["rank_mean"] = fused
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_validation(results, reference, best, values[best], sets, out / f"{stem}.png")
     print(f"best on holdout_uniform: {best}; wrote {out / f'{stem}.json'} and "
