@@ -17,6 +17,10 @@ scores would reach the target (recall >= 95% with at most 1% of the images found
 else's), and `true_centroid` the identities for which some threshold on the similarity to the
 mean of the identity's own training embeddings would. They tell a miscalibrated threshold
 (the search far below `any_threshold`) from an embedding that mixes people (both low).
+`nearest_centroid_same_person` is the share of training images nearer their own person's
+centroid than any other's, and `nearest_neighbour_same_person` the share whose nearest other
+training image shows the same person: what a search that grows through neighbours (a graph,
+query expansion) could at best build on where a centroid fails.
 """
 
 from __future__ import annotations
@@ -71,6 +75,25 @@ def ceilings(train_NxD: np.ndarray, train_labels_N: np.ndarray, requests, statis
         centroid = train_NxD[own].sum(axis=0)
         true_centroid += reachable(train_NxD @ (centroid / np.linalg.norm(centroid)), own)
     return {"any_threshold": any_threshold, "true_centroid": true_centroid}
+
+
+def nearest_neighbour_agreement(train_NxD: np.ndarray, labels_N: np.ndarray,
+                                chunk: int = 2048) -> float:
+    """Share of the images whose nearest other image (cosine) has the same label."""
+    same = 0
+    for lo in range(0, len(train_NxD), chunk):
+        sims = train_NxD[lo:lo + chunk] @ train_NxD.T
+        sims[np.arange(len(sims)), np.arange(lo, lo + len(sims))] = -np.inf  # not itself
+        same += int(np.sum(labels_N[sims.argmax(axis=1)] == labels_N[lo:lo + chunk]))
+    return same / len(train_NxD)
+
+
+def nearest_centroid_agreement(train_NxD: np.ndarray, labels_N: np.ndarray) -> float:
+    """Share of the images whose most similar label centroid (normalised mean) is their own."""
+    people = np.unique(labels_N)
+    centroids = np.stack([train_NxD[labels_N == person].sum(axis=0) for person in people])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    return float(np.mean(people[(train_NxD @ centroids.T).argmax(axis=1)] == labels_N))
 
 
 def outcome(config, data, model, photos, calibrated, label=None) -> dict:
@@ -155,8 +178,12 @@ def main(argv=None) -> int:
     train_NxD, _ = forget_stage.unit_sets(model.embeddings, config)
     labelled = [(label, units[i * args.count:(i + 1) * args.count])
                 for i, (label, _, _) in enumerate(requests) if label is not None]
-    summary["ceilings"] = ceilings(train_NxD, data.records.labels[data.train_indices], labelled,
-                                    config.forget.statistic)
+    train_labels = data.records.labels[data.train_indices]
+    summary["ceilings"] = ceilings(train_NxD, train_labels, labelled, config.forget.statistic)
+    summary["ceilings"]["nearest_centroid_same_person"] = nearest_centroid_agreement(
+        train_NxD, train_labels)
+    summary["ceilings"]["nearest_neighbour_same_person"] = nearest_neighbour_agreement(
+        train_NxD, train_labels)
     print(json.dumps(summary, indent=1))
     if args.output:
         args.output.write_text(json.dumps(
