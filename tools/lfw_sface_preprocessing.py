@@ -29,7 +29,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cure_jax.metrics.verification import combine_flip, pair_distances, verify
+from cure_jax.metrics.verification import pair_distances, verify
+from cure_jax.search import flip_unit
 from data_pipelines.align import YUNET_FILE, YuNetDetector, align_image, import_cv2
 from data_pipelines.sources.image_folder import decode_image
 from data_pipelines.sources.lfw_pairs import read_pairs
@@ -123,7 +124,7 @@ def main() -> None:
             if args.flip:
                 emb_flip.append(sface(np.ascontiguousarray(face[:, ::-1])))
         emb = np.stack(emb)
-        unit = combine_flip(emb, np.stack(emb_flip)) if args.flip else combine_flip(emb, emb)
+        unit = flip_unit(emb, np.stack(emb_flip) if args.flip else None)
         result = verify(pair_distances(unit[index_a], unit[index_b]), issame, folds_P=folds)
         cos = np.sum(unit[index_a] * unit[index_b], axis=1)
         results[name] = {
