@@ -176,3 +176,68 @@ def test_bfloat16_is_refused_for_a_pretrained_file():
     config = Config(model=ModelConfig(dtype="bfloat16", pretrained="sface.onnx"))
     with pytest.raises(ConfigError, match="model.dtype=bfloat16"):
         validate(config)
+
+
+def _with_trained_statistics(model, seed=0):
+    """Batch norms with running statistics, scales and biases far from their initial values, so
+    that folding them into a convolution is not checked against an identity."""
+    rng = np.random.default_rng(seed)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.BatchNorm):
+            channels = module.mean[...].shape
+            module.mean[...] = jnp.asarray(rng.normal(0, 0.5, channels), jnp.float32)
+            module.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, channels), jnp.float32)
+            if module.scale is not None:
+                module.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, channels), jnp.float32)
+            module.bias[...] = jnp.asarray(rng.normal(0, 0.3, channels), jnp.float32)
+    return model
+
+
+def test_frozen_batch_norm_folded_into_the_next_convolution_computes_the_plain_form(monkeypatch):
+    from cure_jax.models import iresnet
+
+    model = _with_trained_statistics(IResNet("r18", width=0.25, input_size=32, embedding_dim=16,
+                                             rngs=nnx.Rngs(0)))
+    eval_model = nnx.view(model, use_running_average=True, deterministic=True)
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+    graph, params, rest = nnx.split(eval_model, nnx.Param, ...)
+
+    direction = jnp.asarray(np.random.default_rng(2).normal(size=(4, 16)), jnp.float32)
+
+    def loss(params):  # of the unit embeddings, as every loss of the package reads them
+        embeddings = nnx.merge(graph, params, rest)(images)
+        return jnp.sum(l2_normalize(embeddings) * direction), embeddings
+
+    calls = []
+    original = iresnet._conv_of_batch_norm
+    monkeypatch.setattr(iresnet, "_conv_of_batch_norm",
+                        lambda *args: calls.append(1) or original(*args))
+    (folded_loss, folded), folded_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    assert len(calls) == sum(DEPTHS["r18"])  # every block's first batch norm and convolution
+    monkeypatch.setattr(iresnet, "_folds", lambda bn, conv: False)
+    (plain_loss, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    magnitude = float(jnp.max(jnp.abs(plain)))
+    np.testing.assert_allclose(folded / magnitude, plain / magnitude, atol=1e-5)
+    np.testing.assert_allclose(folded_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    for path, value in jax.tree_util.tree_leaves_with_path(folded_grads):
+        expected = dict(jax.tree_util.tree_leaves_with_path(plain_grads))[path]
+        scale = float(jnp.max(jnp.abs(expected))) + 1e-12
+        np.testing.assert_allclose(value / scale, expected / scale, atol=2e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_batch_norm_folded_in_training_mode_updates_the_running_statistics_alike(monkeypatch):
+    from cure_jax.models import iresnet
+
+    images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+    folded = IResNet("r18", width=0.25, input_size=32, embedding_dim=16, rngs=nnx.Rngs(0))
+    folded_out = folded(images)
+    monkeypatch.setattr(iresnet, "_folds", lambda bn, conv: False)
+    plain = IResNet("r18", width=0.25, input_size=32, embedding_dim=16, rngs=nnx.Rngs(0))
+    plain_out = plain(images)
+    magnitude = float(jnp.max(jnp.abs(plain_out)))
+    np.testing.assert_allclose(folded_out / magnitude, plain_out / magnitude, atol=1e-5)
+    for ours, theirs in zip(folded.blocks, plain.blocks, strict=True):
+        np.testing.assert_allclose(ours.bn1.mean[...], theirs.bn1.mean[...], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours.bn1.var[...], theirs.bn1.var[...], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(ours.bn1.mean[...], 0.0)  # the statistics did move

@@ -97,6 +97,31 @@ class BatchNorm(nnx.BatchNorm):
         if mask is not None or self.axis_name is not None or feature_axes not in ((-1,),
                                                                                  (x.ndim - 1,)):
             return super().__call__(x, use_running_average, mask=mask)
+        x, mean, multiplier, scale, bias = self._normalisation(x, use_running_average)
+        compute_dtype = jnp.result_type(x, mean, multiplier)
+        y = x - broadcast_channels(mean, x.shape, compute_dtype)
+        y = y * broadcast_channels(multiplier, x.shape, compute_dtype)
+        if bias is not None:
+            y = y + broadcast_channels(bias, x.shape, compute_dtype)
+        out_dtype = self.dtype or jnp.result_type(*(a for a in (x, scale, bias) if a is not None))
+        return y.astype(out_dtype)
+
+    def affine(self, x, use_running_average: bool | None = None):
+        """(multiplier [C], shift [C]) such that this batch norm's output is
+        `x * multiplier + shift` (to rounding), with the running statistics updated as a call
+        updates them: for folding the normalisation into the convolution that follows.
+        Channels-last input, float32 (no dtype), no mask or named axis."""
+        if self.dtype is not None or self.axis_name is not None or self.axis not in (-1,
+                                                                                    x.ndim - 1):
+            raise ValueError("BatchNorm.affine takes a float32 batch norm over the last axis")
+        x, mean, multiplier, _, bias = self._normalisation(x, use_running_average)
+        shift = -mean * multiplier
+        return multiplier, (shift if bias is None else shift + bias)
+
+    def _normalisation(self, x, use_running_average):
+        """(x, mean, multiplier, scale, bias) promoted to the module's dtype: the statistics
+        (the batch's, updating the running averages, or the running ones) and
+        `rsqrt(var + epsilon) * scale`."""
         if use_running_average is None:
             use_running_average = self.use_running_average
         scale = self.scale[...] if self.scale is not None else None
@@ -121,10 +146,4 @@ class BatchNorm(nnx.BatchNorm):
         multiplier = jax.lax.rsqrt(var + self.epsilon)
         if scale is not None:
             multiplier = multiplier * scale
-        compute_dtype = jnp.result_type(x, mean, multiplier)
-        y = x - broadcast_channels(mean, x.shape, compute_dtype)
-        y = y * broadcast_channels(multiplier, x.shape, compute_dtype)
-        if bias is not None:
-            y = y + broadcast_channels(bias, x.shape, compute_dtype)
-        out_dtype = self.dtype or jnp.result_type(*(a for a in (x, scale, bias) if a is not None))
-        return y.astype(out_dtype)
+        return x, mean, multiplier, scale, bias

@@ -61,6 +61,52 @@ class PReLU(nnx.Module):
         return jnp.where(x >= 0, x, slope * x)
 
 
+def _conv_of_batch_norm(bn: BatchNorm, conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(bn(x))` for a float32 batch norm, the normalisation moved into the convolution.
+
+    A batch norm is `bn(x) = x * a + c` per input channel (`a`, `c` from the batch's statistics
+    in training, from the running ones otherwise), so `conv(bn(x)) = conv(x, W * a) + conv(c, W)`:
+    the second term is one convolution of a single image that is `c` everywhere (not a constant
+    map: the zero padding leaves the border taps out). Autodiff through `a` and `c` gives the
+    statistics' share of the gradient, as through the batch norm itself. Why: XLA:CPU transposes
+    a convolution's input for its weight gradient, and when that input is a batch norm's output
+    it recomputes the normalisation inside the transpose, whose per-channel operands take the
+    transpose off its fast path (about 4x slower; the 64 px layer's took a tenth of the CURE
+    step on one core). Here the weight gradient reads `x`, an array already in memory. Equal to
+    the plain form to float32 rounding (tests/test_models.py, tests/test_channel_ops.py).
+
+    Args:
+      bn: the batch norm (float32, `_folds`).
+      conv: the convolution after it (no bias, no mask, float32), [kh, kw, C, C'] kernel.
+      x: [B, H, W, C] float32.
+
+    Returns:
+      [B, H', W', C'].
+    """
+    multiplier_C, shift_C = bn.affine(x)
+    kernel = conv.kernel[...]
+    strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+
+    def convolve(inputs, kernel):
+        return jax.lax.conv_general_dilated(inputs, kernel, strides, conv.padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=conv.precision)
+
+    scaled = convolve(x, kernel * multiplier_C[None, None, :, None])
+    # broadcast_channels: the shift's gradient is a matrix product, not a reduction.
+    constant_image = broadcast_channels(shift_C, (1, *x.shape[1:]), x.dtype)
+    return scaled + convolve(constant_image, kernel)
+
+
+def _folds(bn: nnx.BatchNorm, conv: nnx.Conv) -> bool:
+    """Whether `_conv_of_batch_norm` computes `conv(bn(x))`: the package's float32 BatchNorm
+    and a plain float32 convolution with explicit padding."""
+    return (isinstance(bn, BatchNorm) and bn.dtype is None and conv.dtype is None
+            and conv.mask is None and not conv.use_bias and conv.feature_group_count == 1
+            and conv.kernel_dilation in (None, 1, (1, 1))
+            and conv.input_dilation in (None, 1, (1, 1)) and not isinstance(conv.padding, str))
+
+
 class IBasicBlock(nnx.Module):
     """The insightface residual block (BN-conv-BN-PReLU-conv-BN plus shortcut)."""
 
@@ -80,8 +126,10 @@ class IBasicBlock(nnx.Module):
             self.down_bn = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = self.bn1(x)
-        out = self.conv1(out)
+        if _folds(self.bn1, self.conv1):
+            out = _conv_of_batch_norm(self.bn1, self.conv1, x)
+        else:
+            out = self.conv1(self.bn1(x))
         out = self.bn2(out)
         out = self.prelu(out)
         out = self.conv2(out)
