@@ -1,0 +1,139 @@
+"""Where a training step spends its time: a per-op profile of the teacher or the CURE step.
+
+    python tools/profile_step.py --kind cure [--config default] [--steps 3] [--top 25]
+    python tools/profile_step.py --kind teacher --set model.width=0.5
+
+Builds the step as tools/bench_cure.py does (random images, the config's model), runs it a
+few times to compile and warm up, then traces `--steps` steps with `jax.profiler` and sums the
+device time of every XLA op over them. Prints the time per step by kind of op (the op name
+without its number: `convolution`, `transpose_copy_fusion`, ...) and the `--top` single ops with
+their shapes from the compiled program, so that one slow op (a transpose fused with a batch
+norm, a stride-2 input gradient) stands out. Reading the trace needs `pip install xprof`
+(not a dependency of the package). Times on a shared machine are inflated alike; compare ops
+within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import re
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import cure_jax  # noqa: E402, F401  (sets XLA flags before the backend starts)
+from cure_jax import config as config_lib  # noqa: E402
+from cure_jax import optim, sharding, teacher  # noqa: E402
+from cure_jax.methods import cure  # noqa: E402
+from cure_jax.methods.base import UnlabelledSet, UnlearnContext  # noqa: E402
+from cure_jax.models.backbone import build_model, split_model  # noqa: E402
+
+
+def build_step(config, kind: str, folder: pathlib.Path):
+    """(step, state, batch) of the teacher or the CURE step on random images."""
+    size, classes = config.data.image_size, config.data.num_identities
+    batch_size, dim = config.teacher.batch_size, config.model.embedding_dim
+    mesh = sharding.make_mesh(config.run.num_devices)
+    rng = np.random.default_rng(0)
+    model = build_model(config.model, num_classes=classes, image_size=size, seed=0)
+    graphs, params, stats = split_model(model)
+    images = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
+    if kind == "teacher":
+        tx = optim.make_optimizer(config.teacher, 100, params)
+        step = teacher.make_train_step(graphs.train, tx, config.model,
+                                       optim.lr_schedule(config.teacher, 100))
+        batch = sharding.shard_batch(
+            {"image": images, "label": rng.integers(0, classes, batch_size).astype(np.int32)},
+            mesh)
+        return step, sharding.replicate(teacher.init_state(params, stats, tx), mesh), batch
+    backbone_graphs, backbone = teacher.Teacher(graphs, params, stats).backbone()
+
+    def unlabelled(count):
+        return UnlabelledSet(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+                             rng.normal(size=(count, dim)).astype(np.float32),
+                             rng.normal(size=(count, dim)).astype(np.float32))
+
+    context = UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
+                             forget=unlabelled(640), retain=unlabelled(2000), mesh=mesh,
+                             folder=folder)
+    tx = optim.make_optimizer(config.student, 10, {"backbone": backbone.params,
+                                                   "head": jnp.zeros(())})
+    step = cure.make_cure_step(backbone_graphs, tx, config.cure,
+                               optim.lr_schedule(config.student, 10),
+                               batch_norm=config.unlearn.batch_norm)
+    state = sharding.replicate(cure.initial_state(context, tx, jax.random.key(0)), mesh)
+    side = {"image": images, "target": rng.normal(size=(batch_size, dim)).astype(np.float32),
+            "index": np.arange(batch_size, dtype=np.int32)}
+    return step, state, sharding.shard_batch({"forget": side, "retain": side}, mesh)
+
+
+def op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
+    """Milliseconds per step of every XLA op in the trace (names as the compiled program's)."""
+    try:
+        from xprof.convert import raw_to_tool_data
+    except ImportError as error:
+        raise SystemExit("reading the trace needs xprof: pip install xprof") from error
+    (xplane, *_) = sorted(trace_dir.glob("**/*.xplane.pb"))
+    data, _ = raw_to_tool_data.xspace_to_tool_data([str(xplane)], "trace_viewer", {})
+    times = collections.defaultdict(float)
+    for event in json.loads(data)["traceEvents"]:
+        # Host-side events: Python frames, the thread pool, the jitted call.
+        name = event.get("name", "")
+        host = "$" in name or "::" in name or name.startswith("PjitFunction")
+        if event.get("ph") == "X" and "dur" in event and not host:
+            times[name] += event["dur"] / 1000 / steps
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", choices=("teacher", "cure"), default="cure")
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--steps", type=int, default=3, help="steps traced")
+    parser.add_argument("--top", type=int, default=25, help="single ops listed")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    config = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
+    with tempfile.TemporaryDirectory() as folder:
+        step, state, batch = build_step(config, args.kind, pathlib.Path(folder))
+        key = jax.random.key(0)
+        program = step.lower(state, batch, key).compile().as_text()
+        for _ in range(3):  # compile and warm up
+            state, metrics = step(state, batch, key)
+            jax.block_until_ready(metrics)
+        trace_dir = pathlib.Path(folder) / "trace"
+        jax.profiler.start_trace(str(trace_dir))
+        for _ in range(args.steps):
+            state, metrics = step(state, batch, key)
+            jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        times = op_times(trace_dir, args.steps)
+    shapes = dict(re.findall(r"^\s*(?:ROOT )?%(\S+) = (\S+)", program, flags=re.M))
+    kinds = collections.defaultdict(lambda: [0.0, 0])
+    for name, ms in times.items():
+        kind = re.sub(r"[.\d]+$", "", name)
+        kinds[kind][0] += ms
+        kinds[kind][1] += 1
+    total = sum(times.values())
+    print(f"{args.kind} step, config {' '.join([args.config, *args.overrides])}: {total:.0f} ms "
+          f"of XLA ops per step ({args.steps} steps traced)")
+    print("\n| kind of op | ms per step | share | ops |\n|---|---|---|---|")
+    for kind, (ms, count) in sorted(kinds.items(), key=lambda item: -item[1][0]):
+        if ms >= 0.005 * total:
+            print(f"| {kind} | {ms:.1f} | {100 * ms / total:.1f}% | {count} |")
+    print("\n| op | ms per step | shape |\n|---|---|---|")
+    for name, ms in sorted(times.items(), key=lambda item: -item[1])[:args.top]:
+        print(f"| {name} | {ms:.1f} | {shapes.get(name, '')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
