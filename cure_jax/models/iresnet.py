@@ -101,7 +101,8 @@ def _conv_of_batch_norm(bn: BatchNorm, conv: nnx.Conv, x: jax.Array) -> jax.Arra
 def _folds(bn: nnx.BatchNorm, conv: nnx.Conv) -> bool:
     """Whether `_conv_of_batch_norm` computes `conv(bn(x))`: the package's float32 BatchNorm
     and a plain float32 convolution with explicit padding."""
-    return (isinstance(bn, BatchNorm) and bn.dtype is None and conv.dtype is None
+    return (isinstance(bn, BatchNorm) and bn.dtype is None and bn.axis_name is None
+            and conv.dtype is None
             and conv.mask is None and not conv.use_bias and conv.feature_group_count == 1
             and conv.kernel_dilation in (None, 1, (1, 1))
             and conv.input_dilation in (None, 1, (1, 1)) and not isinstance(conv.padding, str))
