@@ -334,12 +334,14 @@ def _briefly_trained_teacher(*, people: int, images_each: int, steps: int):
 def test_degraded_faces_score_below_their_clean_versions():
     # The embedding norm, the best score on the synthetic validation, after ~300 steps; on a
     # random model no score ranks clean above degraded faces reliably.
+    # Four unseen images of each person, so that three in four is a share of 64 pairs, not of 16
+    # (with 16 it moved between 11 and 12 with the float rounding of the training).
     graphs, backbone = _briefly_trained_teacher(people=16, images_each=16, steps=300)
-    people, unseen_images = np.arange(16), np.full(16, 1000)
+    people, unseen_images = np.repeat(np.arange(16), 4), np.tile(np.arange(1000, 1004), 16)
     score = quality.make_norm_fn(graphs.eval)
     clean = score(backbone.params, backbone.batch_stats,
                   jnp.asarray(_render(people, unseen_images, 0.0)), jax.random.key(0))
     degraded = score(backbone.params, backbone.batch_stats,
                      jnp.asarray(_render(people, unseen_images, 1.0)), jax.random.key(0))
     assert float(jnp.mean(clean)) > float(jnp.mean(degraded))
-    assert int(jnp.sum(clean > degraded)) >= 12
+    assert int(jnp.sum(clean > degraded)) >= 48, int(jnp.sum(clean > degraded))
