@@ -63,3 +63,38 @@ def test_a_rank_mean_of_scores_not_run_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="--rank-mean needs two or more"):
         quality_validate.main(["--workdir", str(tmp_path), "--model", "none.onnx",
                                "--only", "norm", "--rank-mean", "norm,serfiq"])
+
+
+def test_a_rank_mean_takes_a_score_saved_by_an_earlier_run_on_the_same_sets(tmp_path):
+    config_lib.write_config(config_lib.load_config("smoke"), tmp_path / "config.json")
+    onnx.save(onnx_graphs.tiny_recognizer(), tmp_path / "tiny.onnx")
+    common = ["--workdir", str(tmp_path), "--model", str(tmp_path / "tiny.onnx"),
+              "--max-images", "8", "--people", "2", "--passes", "2", "--batch-size", "8"]
+    assert quality_validate.main([*common, "--only", "serfiq"]) == 0
+    saved = tmp_path / "quality_validation_tiny.npz"
+    with np.load(saved) as arrays:
+        serfiq = {key: arrays[key] for key in arrays.files}
+    assert set(serfiq) == {f"{split}/{name}" for split in ("train", "holdout", "unseen_people",
+                                                           "holdout_uniform", "unseen_uniform")
+                           for name in ("serfiq", "degradation")}
+    out = tmp_path / "second"
+    entry = f"{saved}:serfiq"
+    assert quality_validate.main([*common, "--only", "norm", "--out", str(out),
+                                  "--rank-mean", f"norm,{entry}"]) == 0
+    summary = json.loads((out / "quality_validation_tiny.json").read_text())
+    assert summary["rank_mean"]["scores"] == ["norm", entry]
+    with np.load(out / "quality_validation_tiny.npz") as arrays:
+        norm = {key: arrays[key] for key in arrays.files}
+    sets = {split: quality_validate.ValidationSet(None, norm[f"{split}/degradation"], None)
+            for split in summary["counts"]}
+    values = {"norm": {split: norm[f"{split}/norm"] for split in sets},
+              "serfiq": {split: serfiq[f"{split}/serfiq"] for split in sets}}
+    expected = quality_validate.rank_mean(values, ["norm", "serfiq"], sets, utility={})
+    assert summary["rank_mean"]["spearman"] == pytest.approx(expected["spearman"])
+    # Saved on other images (another seed draws other sets): refused before any scoring.
+    with pytest.raises(SystemExit, match="other train images"):
+        quality_validate.main([*common, "--only", "norm", "--out", str(out), "--seed", "1",
+                               "--rank-mean", f"norm,{entry}"])
+    with pytest.raises(SystemExit, match="no score 'grafiqs@image'"):
+        quality_validate.main([*common, "--only", "norm", "--out", str(out),
+                               "--rank-mean", f"norm,{saved}:grafiqs@image"])

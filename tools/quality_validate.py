@@ -19,7 +19,8 @@ compilation (batches of `--batch-size`, input pipeline included).
     python -m cure_jax.train --stage teacher --workdir /tmp/runs/default
     python tools/quality_validate.py --workdir /tmp/runs/default
 
-Writes `quality_validation.json` and `quality_validation.png` into the run folder (or --out).
+Writes `quality_validation.json`, `quality_validation.png` and `quality_validation.npz` (every
+image's score and level, per set) into the run folder (or --out).
 
 `--model` scores with another backbone on the same sets: a pretrained file (`.onnx` or arcface_torch
 `.pth`, looked up as `model.pretrained` is, e.g. OpenCV's SFace), imported without fine-tuning, or
@@ -28,7 +29,7 @@ The images are rendered as for the run's own teacher and resized to the model's 
 folder source resizes (PIL bilinear). Such a model has no class centres of the synthetic training
 people, so the utility reference is skipped; so is any score that does not apply to it (the
 reason is printed and written). Its verification on the run's synthetic pairs (flip test) is
-reported beside. Files: `quality_validation_<model>.json` and `.png`.
+reported beside. Files: `quality_validation_<model>.json`, `.png` and `.npz`.
 
     python tools/quality_validate.py --workdir /tmp/runs/default \
         --model sface/face_recognition_sface_2021dec_int8bq.onnx
@@ -36,7 +37,16 @@ reported beside. Files: `quality_validation_<model>.json` and `.png`.
 `--rank-mean a,b` also reports the score that averages the ranks of scores a and b within each
 set (equal weights, fixed beforehand: nothing is fitted to the levels). Scores that see
 different degradations can together follow quality better than either; the per-kind study is
-not run for it.
+not run for it. An entry `FILE.npz:score` takes a score that an earlier run of this tool saved
+on the same sets (same run folder, `--seed` and `--max-images`; the levels are checked), e.g.
+another model's:
+
+    python tools/quality_validate.py --workdir /tmp/runs/default --only serfiq \
+        --model sface/face_recognition_sface_2021dec_int8bq.onnx --out /tmp/sface
+    python tools/quality_validate.py --workdir /tmp/runs/default --only grafiqs@image,norm \
+        --rank-mean grafiqs@image,norm,/tmp/sface/quality_validation_$NAME.npz:serfiq
+
+(`$NAME`: the model file's stem, `face_recognition_sface_2021dec_int8bq`.)
 """
 
 from __future__ import annotations
@@ -312,6 +322,37 @@ def evaluate_score(score, backbone, sets: dict, utility: dict, kind_sets: dict, 
     return result, values
 
 
+def save_scores(values: dict[str, dict[str, np.ndarray]], sets: dict, path) -> None:
+    """Every image's score, and its level, per set: `{split}/{score}` and `{split}/degradation`."""
+    arrays = {f"{split}/degradation": item.degradation for split, item in sets.items()}
+    for name, per_set in values.items():
+        arrays.update({f"{split}/{name}": scores for split, scores in per_set.items()})
+    np.savez(path, **arrays)
+
+
+def load_saved_score(entry: str, sets: dict) -> dict[str, np.ndarray]:
+    """The per-set scores named by a `--rank-mean` entry `FILE.npz:score` (see `save_scores`).
+
+    Raises:
+      SystemExit: no such file or score, or the file was saved on other sets (other levels).
+    """
+    file_name, _, name = entry.rpartition(":")
+    path = pathlib.Path(file_name).expanduser()
+    if not path.is_file():
+        raise SystemExit(f"--rank-mean: {path} not found (entry {entry!r})")
+    with np.load(path) as saved:
+        names = sorted({key.split("/", 1)[1] for key in saved.files} - {"degradation"})
+        if any(f"{split}/{name}" not in saved.files for split in sets):
+            raise SystemExit(f"--rank-mean: {path} holds no score {name!r} for every set; it "
+                             f"holds {', '.join(names)}")
+        for split, item in sets.items():
+            levels = saved.get(f"{split}/degradation")
+            if levels is None or not np.array_equal(levels, item.degradation):
+                raise SystemExit(f"--rank-mean: {path} was saved on other {split} images than "
+                                 "these (run it with the same --workdir, --seed and --max-images)")
+        return {split: saved[f"{split}/{name}"] for split in sets}
+
+
 def rank_mean(values: dict[str, dict[str, np.ndarray]], names: list[str], sets: dict,
               utility: dict) -> dict:
     """Spearman correlations of the mean within-set rank of the scores `names` (equal weights)."""
@@ -398,7 +439,8 @@ def main(argv=None) -> int:
                         help="comma-separated subset of the scores (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sets and SER-FIQ")
     parser.add_argument("--rank-mean", default="",
-                        help="comma-separated scores (two or more, among those run) whose "
+                        help="comma-separated scores (two or more, among those run, or "
+                             "FILE.npz:score saved by an earlier run on the same sets) whose "
                              "within-set ranks are averaged into one more score")
     args = parser.parse_args(argv)
     if args.model:
@@ -417,10 +459,13 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown scores {unknown}; valid: {', '.join(specs)}")
         specs = {name: specs[name] for name in args.only.split(",")}
     fused_names = [name for name in args.rank_mean.split(",") if name]
-    if fused_names and (len(fused_names) < 2 or not set(fused_names) <= set(specs)):
-        raise SystemExit(f"--rank-mean needs two or more of the scores run ({', '.join(specs)}); "
-                         f"got {args.rank_mean!r}")
+    saved_names = [name for name in fused_names if name.rpartition(":")[0].endswith(".npz")]
+    if fused_names and (len(fused_names) < 2
+                        or not set(fused_names) - set(saved_names) <= set(specs)):
+        raise SystemExit(f"--rank-mean needs two or more of the scores run ({', '.join(specs)}) "
+                         f"or FILE.npz:score entries; got {args.rank_mean!r}")
     sets = validation_sets(data, config, max_images=args.max_images, seed=args.seed)
+    saved_values = {entry: load_saved_score(entry, sets) for entry in saved_names}
     model_summary = {}
     if teacher is not None:
         utility = recognition_utility(teacher, sets, batch_size=args.batch_size, mesh=mesh)
@@ -475,6 +520,7 @@ def main(argv=None) -> int:
         row = results[label]
         print(f"{label:16s} " + " ".join(f"{s}={v:.3f}" for s, v in row["spearman"].items())
               + f"  {1e3 * row['seconds_per_image']:.2f} ms/image", flush=True)
+    values.update(saved_values)
     fused = rank_mean(values, fused_names, sets, utility) if fused_names else None
     if fused:
         print(f"{'rank mean':16s} " + " ".join(f"{s}={v:.3f}" for s, v in fused["spearman"].items())
@@ -498,8 +544,9 @@ def main(argv=None) -> int:
         summary["rank_mean"] = fused
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_validation(results, reference, best, values[best], sets, out / f"{stem}.png")
-    print(f"best on holdout_uniform: {best}; wrote {out / f'{stem}.json'} and "
-          f"{out / f'{stem}.png'}")
+    save_scores({name: values[name] for name in results}, sets, out / f"{stem}.npz")
+    print(f"best on holdout_uniform: {best}; wrote {out / f'{stem}.json'}, "
+          f"{out / f'{stem}.png'} and {out / f'{stem}.npz'}")
     return 0
 
 
