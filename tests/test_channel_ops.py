@@ -102,6 +102,7 @@ def _iresnet_loss_and_grads(monkeypatch, plain: bool):
     return jax.value_and_grad(loss)(params, rest)
 
 
+@pytest.mark.slow
 def test_iresnet_training_loss_and_gradients_match_the_plain_model(monkeypatch):
     """The step's numbers move only by float rounding: the whole backbone in training mode
     (batch statistics), every parameter's gradient."""

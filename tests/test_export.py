@@ -121,6 +121,7 @@ def test_iresnet_pth_loads_into_the_twin_and_matches(tmp_path):
     assert np.max(np.abs(got - eval_embed(model, x))) <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_bfloat16_backbone_exports_as_its_float32_evaluation(tmp_path):
     """A mixed-precision IResNet goes out with float32 weights computing in float32: the check
     holds the file to the float32 evaluation of the same arrays, within 1e-4."""

@@ -129,6 +129,7 @@ def _functional(model):
     return state, embed
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_embeddings():
     kwargs = dict(num_classes=8, image_size=32, seed=1)
     plain = build_model(ModelConfig(width=0.125, embedding_dim=32), **kwargs)
@@ -150,6 +151,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_embeddings():
     assert float(jnp.min(cosines)) > 0.99  # bfloat16 keeps 8 bits of mantissa
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_are_float32_and_close_to_float32_ones():
     kwargs = dict(num_classes=8, image_size=32, seed=1)
     images = jax.random.uniform(jax.random.key(2), (16, 32, 32, 3), minval=-1.0, maxval=1.0)
@@ -193,6 +195,7 @@ def _with_trained_statistics(model, seed=0):
     return model
 
 
+@pytest.mark.slow
 def test_frozen_batch_norm_folded_into_the_next_convolution_computes_the_plain_form(monkeypatch):
     from cure_jax.models import iresnet
 

@@ -54,6 +54,7 @@ def test_teacher_resumes_after_a_kill_with_the_same_result(tmp_path):
         assert eval_a[key] == pytest.approx(eval_b[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_in_process_run_writes_config_metrics_and_eval(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert train.main(["--config", "smoke", "--stage", "teacher", "--workdir", str(workdir)]) == 0
@@ -92,6 +93,7 @@ def _unlearn_metrics(workdir):
     return json.loads((workdir / "cure" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_whole_job_writes_report_and_metrics(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert train.main(["--config", "smoke", "--workdir", str(workdir)]) == 0
@@ -145,6 +147,7 @@ def test_unlearning_resumes_after_a_kill_with_the_same_result(tmp_path):
         assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_compare_runs_methods_on_one_teacher_and_reuses_finished_ones(tmp_path, capsys):
     from cure_jax import compare
 
