@@ -3,14 +3,14 @@
     python tools/profile_step.py --kind cure [--config default] [--steps 3] [--top 25]
     python tools/profile_step.py --kind teacher --set model.width=0.5
 
-Builds the step as tools/bench_cure.py does (random images, the config's model), runs it a
-few times to compile and warm up, then traces `--steps` steps with `jax.profiler` and sums the
-device time of every XLA op over them. Prints the time per step by kind of op (the op name
-without its number: `convolution`, `transpose_copy_fusion`, ...) and the `--top` single ops with
-their shapes from the compiled program, so that one slow op (a transpose fused with a batch
-norm, a stride-2 input gradient) stands out. Reading the trace needs `pip install xprof`
-(not a dependency of the package). Times on a shared machine are inflated alike; compare ops
-within one run.
+Builds the step as tools/bench_cure.py does (`benchlib.RandomSetup`: random images, the config's
+model), runs it a few times to compile and warm up, then traces `--steps` steps with
+`jax.profiler` and sums the device time of every XLA op over them. Prints the time per step by
+kind of op (the op name without its number: `convolution`, `transpose_copy_fusion`, ...) and the
+`--top` single ops with their shapes from the compiled program, so that one slow op (a transpose
+fused with a batch norm, a stride-2 input gradient) stands out. Reading the trace needs `pip
+install xprof` (not a dependency of the package). Times on a shared machine are inflated alike;
+compare ops within one run.
 """
 
 from __future__ import annotations
@@ -24,55 +24,18 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+from benchlib import RandomSetup
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import cure_jax  # noqa: E402, F401  (sets XLA flags before the backend starts)
-from cure_jax import config as config_lib  # noqa: E402
-from cure_jax import optim, sharding, teacher  # noqa: E402
-from cure_jax.methods import cure  # noqa: E402
-from cure_jax.methods.base import UnlabelledSet, UnlearnContext  # noqa: E402
-from cure_jax.models.backbone import build_model, split_model  # noqa: E402
+import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
+from cure_jax import config as config_lib
 
 
 def build_step(config, kind: str, folder: pathlib.Path):
     """(step, state, batch) of the teacher or the CURE step on random images."""
-    size, classes = config.data.image_size, config.data.num_identities
-    batch_size, dim = config.teacher.batch_size, config.model.embedding_dim
-    mesh = sharding.make_mesh(config.run.num_devices)
-    rng = np.random.default_rng(0)
-    model = build_model(config.model, num_classes=classes, image_size=size, seed=0)
-    graphs, params, stats = split_model(model)
-    images = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
+    setup = RandomSetup(config)
     if kind == "teacher":
-        tx = optim.make_optimizer(config.teacher, 100, params)
-        step = teacher.make_train_step(graphs.train, tx, config.model,
-                                       optim.lr_schedule(config.teacher, 100))
-        batch = sharding.shard_batch(
-            {"image": images, "label": rng.integers(0, classes, batch_size).astype(np.int32)},
-            mesh)
-        return step, sharding.replicate(teacher.init_state(params, stats, tx), mesh), batch
-    backbone_graphs, backbone = teacher.Teacher(graphs, params, stats).backbone()
-
-    def unlabelled(count):
-        return UnlabelledSet(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
-                             rng.normal(size=(count, dim)).astype(np.float32),
-                             rng.normal(size=(count, dim)).astype(np.float32))
-
-    context = UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
-                             forget=unlabelled(640), retain=unlabelled(2000), mesh=mesh,
-                             folder=folder)
-    tx = optim.make_optimizer(config.student, 10, {"backbone": backbone.params,
-                                                   "head": jnp.zeros(())})
-    step = cure.make_cure_step(backbone_graphs, tx, config.cure,
-                               optim.lr_schedule(config.student, 10),
-                               batch_norm=config.unlearn.batch_norm)
-    state = sharding.replicate(cure.initial_state(context, tx, jax.random.key(0)), mesh)
-    side = {"image": images, "target": rng.normal(size=(batch_size, dim)).astype(np.float32),
-            "index": np.arange(batch_size, dtype=np.int32)}
-    return step, state, sharding.shard_batch({"forget": side, "retain": side}, mesh)
+        return setup.teacher_step()
+    return setup.cure_step(setup.cure_context(folder), config.teacher.batch_size)
 
 
 def op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
