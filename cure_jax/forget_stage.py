@@ -396,10 +396,12 @@ def serve(config, workdir: pathlib.Path, photos_folder: pathlib.Path, *, aligned
     if isinstance(checked, dict):
         return checked, False
     c = checked
+    batch = c.config.student.batch_size
     print(f"request {c.number}: {len(c.found.found)} of {len(c.found.candidates)} training "
           f"images found at the false-accept rate {c.config.forget.far:g}; "
           f"{c.config.unlearn.method} unlearns them from the {c.model.name} "
-          f"({c.config.student.epochs} epochs of {c.config.student.batch_size})")
+          f"({c.config.student.epochs} epochs of {len(c.found.found) // batch} batches of "
+          f"{batch}: {c.config.student.epochs * (len(c.found.found) // batch)} steps)")
     # Every check has passed: from here on the request writes.
     entry = c.recorded or ledger.new_entry(c.number, c.photos, c.found, c.config, c.model.name,
                                            command, workdir, aligned)

@@ -67,6 +67,11 @@ def _snapshot(folder: pathlib.Path) -> dict:
 def test_requests_in_sequence_a_repeat_and_the_report(smoke_run, tmp_path, capsys):
     workdir = _copy(smoke_run, tmp_path)
     assert _forget(workdir, smoke_run / "person3") == 0
+    out = capsys.readouterr().out
+    # The training it announces: epochs x batches per epoch = steps, as `forget.steps` asks.
+    epochs, batches, size, steps = map(int, re.search(
+        r"\((\d+) epochs of (\d+) batches of (\d+): (\d+) steps\)", out).groups())
+    assert epochs * batches == steps >= 4  # forget.steps=4 (SERVE)
     entries = ledger.read(workdir)
     assert [(e["number"], e["status"], e["from"]) for e in entries] == [(1, "served", "teacher")]
     first = entries[0]
