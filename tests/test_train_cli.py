@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -134,9 +135,10 @@ def test_unlearning_resumes_after_a_kill_with_the_same_result(tmp_path):
     out = _run_cli([*common, "--workdir", str(straight)])
     assert out.returncode == 0, out.stderr
     crashed = tmp_path / "crashed"
-    # A finished teacher takes no more steps, so the crash step counts CURE's (checkpoint every 4).
-    out = _run_cli([*common, "--workdir", str(crashed), "--stage", "teacher"])
-    assert out.returncode == 0, out.stderr
+    # The same finished teacher (its run folder without the unlearning): it takes no more
+    # steps, so the crash step counts CURE's (checkpoint every 4).
+    shutil.copytree(straight, crashed, ignore=lambda folder, names:
+                    ["cure"] if pathlib.Path(folder) == straight else [])
     out = _run_cli([*common, "--workdir", str(crashed)], crash_at_step=5)
     assert out.returncode == 75, out.stderr
     out = _run_cli([*common, "--workdir", str(crashed)])
