@@ -21,7 +21,7 @@ def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
         "--workdir", str(tmp_path), "--model", str(tmp_path / "tiny.onnx"), "--max-images", "8",
         "--people", "2", "--passes", "2", "--batch-size", "8",
         "--only", "serfiq,grafiqs@image,grafiqs@stage2,norm",
-        "--rank-mean", "grafiqs@image,norm"]) == 0
+        "--rank-mean", "grafiqs@image,norm", "--rank-mean", "serfiq,norm"]) == 0
     summary = json.loads((tmp_path / "quality_validation_tiny.json").read_text())
     assert summary["model"]["input_size"] == onnx_graphs.SIZE
     assert summary["rendered_size"] == config.data.image_size
@@ -32,8 +32,9 @@ def test_a_pretrained_file_is_validated_on_resized_renders(tmp_path):
         assert set(result["spearman"]) == {"train", "holdout", "unseen_people",
                                            "holdout_uniform", "unseen_uniform"}
         assert result["spearman_with_utility"] == {}
-    assert summary["rank_mean"]["scores"] == ["grafiqs@image", "norm"]
-    assert set(summary["rank_mean"]["spearman"]) == set(summary["scores"]["norm"]["spearman"])
+    assert [fused["scores"] for fused in summary["rank_means"]] == [["grafiqs@image", "norm"],
+                                                                    ["serfiq", "norm"]]
+    assert set(summary["rank_means"][0]["spearman"]) == set(summary["scores"]["norm"]["spearman"])
     assert 0.0 <= summary["model"]["synthetic_verification"]["verification_accuracy"] <= 1.0
     assert (tmp_path / "quality_validation_tiny.png").exists()
     assert not (tmp_path / "quality_validation.json").exists()  # the teacher's file is not touched
@@ -82,7 +83,7 @@ def test_a_rank_mean_takes_a_score_saved_by_an_earlier_run_on_the_same_sets(tmp_
     assert quality_validate.main([*common, "--only", "norm", "--out", str(out),
                                   "--rank-mean", f"norm,{entry}"]) == 0
     summary = json.loads((out / "quality_validation_tiny.json").read_text())
-    assert summary["rank_mean"]["scores"] == ["norm", entry]
+    assert summary["rank_means"][0]["scores"] == ["norm", entry]
     with np.load(out / "quality_validation_tiny.npz") as arrays:
         norm = {key: arrays[key] for key in arrays.files}
     sets = {split: quality_validate.ValidationSet(None, norm[f"{split}/degradation"], None)
@@ -90,7 +91,7 @@ def test_a_rank_mean_takes_a_score_saved_by_an_earlier_run_on_the_same_sets(tmp_
     values = {"norm": {split: norm[f"{split}/norm"] for split in sets},
               "serfiq": {split: serfiq[f"{split}/serfiq"] for split in sets}}
     expected = quality_validate.rank_mean(values, ["norm", "serfiq"], sets, utility={})
-    assert summary["rank_mean"]["spearman"] == pytest.approx(expected["spearman"])
+    assert summary["rank_means"][0]["spearman"] == pytest.approx(expected["spearman"])
     # Saved on other images (another seed draws other sets): refused before any scoring.
     with pytest.raises(SystemExit, match="other train images"):
         quality_validate.main([*common, "--only", "norm", "--out", str(out), "--seed", "1",

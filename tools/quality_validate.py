@@ -35,7 +35,8 @@ reported beside. Files: `quality_validation_<model>.json`, `.png` and `.npz`.
         --model sface/face_recognition_sface_2021dec_int8bq.onnx
 
 `--rank-mean a,b` also reports the score that averages the ranks of scores a and b within each
-set (equal weights, fixed beforehand: nothing is fitted to the levels). Scores that see
+set (equal weights, fixed beforehand: nothing is fitted to the levels); give it several times for
+several such scores. Scores that see
 different degradations can together follow quality better than either; the per-kind study is
 not run for it. An entry `FILE.npz:score` takes a score that an earlier run of this tool saved
 on the same sets (same run folder, `--seed` and `--max-images`; the levels are checked), e.g.
@@ -438,7 +439,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated subset of the scores (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sets and SER-FIQ")
-    parser.add_argument("--rank-mean", default="",
+    parser.add_argument("--rank-mean", action="append", default=[],
                         help="comma-separated scores (two or more, among those run, or "
                              "FILE.npz:score saved by an earlier run on the same sets) whose "
                              "within-set ranks are averaged into one more score")
@@ -458,12 +459,13 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown scores {unknown}; valid: {', '.join(specs)}")
         specs = {name: specs[name] for name in args.only.split(",")}
-    fused_names = [name for name in args.rank_mean.split(",") if name]
-    saved_names = [name for name in fused_names if name.rpartition(":")[0].endswith(".npz")]
-    if fused_names and (len(fused_names) < 2
-                        or not set(fused_names) - set(saved_names) <= set(specs)):
-        raise SystemExit(f"--rank-mean needs two or more of the scores run ({', '.join(specs)}) "
-                         f"or FILE.npz:score entries; got {args.rank_mean!r}")
+    fusions = [[name for name in option.split(",") if name] for option in args.rank_mean]
+    saved_names = sorted({name for names in fusions for name in names
+                          if name.rpartition(":")[0].endswith(".npz")})
+    for option, names in zip(args.rank_mean, fusions, strict=True):
+        if len(names) < 2 or not set(names) - set(saved_names) <= set(specs):
+            raise SystemExit(f"--rank-mean needs two or more of the scores run "
+                             f"({', '.join(specs)}) or FILE.npz:score entries; got {option!r}")
     sets = validation_sets(data, config, max_images=args.max_images, seed=args.seed)
     saved_values = {entry: load_saved_score(entry, sets) for entry in saved_names}
     model_summary = {}
@@ -521,10 +523,11 @@ def main(argv=None) -> int:
         print(f"{label:16s} " + " ".join(f"{s}={v:.3f}" for s, v in row["spearman"].items())
               + f"  {1e3 * row['seconds_per_image']:.2f} ms/image", flush=True)
     values.update(saved_values)
-    fused = rank_mean(values, fused_names, sets, utility) if fused_names else None
-    if fused:
-        print(f"{'rank mean':16s} " + " ".join(f"{s}={v:.3f}" for s, v in fused["spearman"].items())
-              + f"  ({', '.join(fused_names)})", flush=True)
+    fused = [rank_mean(values, names, sets, utility) for names in fusions]
+    for result in fused:
+        print(f"{'rank mean':16s} "
+              + " ".join(f"{s}={v:.3f}" for s, v in result["spearman"].items())
+              + f"  ({', '.join(result['scores'])})", flush=True)
     best = max(results, key=lambda n: results[n]["spearman"]["holdout_uniform"])
     out = args.out or args.workdir
     out.mkdir(parents=True, exist_ok=True)
@@ -541,7 +544,7 @@ def main(argv=None) -> int:
         "serfiq": {"passes": args.passes, "rate": args.rate}, "seed": args.seed,
         "backend": jax.default_backend(), "scores": results}
     if fused:
-        summary["rank_mean"] = fused
+        summary["rank_means"] = fused
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_validation(results, reference, best, values[best], sets, out / f"{stem}.png")
     save_scores({name: values[name] for name in results}, sets, out / f"{stem}.npz")
