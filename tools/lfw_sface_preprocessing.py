@@ -88,7 +88,7 @@ class SFace:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lfw", type=pathlib.Path, default=pathlib.Path(os.environ.get(
         "CURE_JAX_LFW", REPO.parent / "shared" / "data" / "lfw")))
     parser.add_argument("--models", type=pathlib.Path, default=pathlib.Path(os.environ.get(

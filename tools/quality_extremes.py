@@ -1,5 +1,6 @@
-"""Scores every image of a face folder with a run's teacher and shows the lowest- and the
-highest-scored ones: what a label-free quality score finds on real faces.
+"""Shows the lowest- and the highest-scored images of a face folder under a quality score.
+
+Scores every image with a run's teacher: what a label-free quality score finds on real faces.
 
     python -m cure_jax.train --config lfw --stage teacher --workdir /tmp/runs/lfw
     python tools/quality_extremes.py --workdir /tmp/runs/lfw --score norm
@@ -96,7 +97,7 @@ def error_versus_reject(unit_NxD: np.ndarray, scores_N: np.ndarray, pairs, folde
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--workdir", required=True, type=pathlib.Path,
                         help="run folder with a finished teacher")
     parser.add_argument("--root", default=None,
