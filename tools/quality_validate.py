@@ -34,13 +34,12 @@ reported beside. Files: `quality_validation_<model>.json`, `.png` and `.npz`.
     python tools/quality_validate.py --workdir /tmp/runs/default \
         --model sface/face_recognition_sface_2021dec_int8bq.onnx
 
-`--rank-mean a,b` also reports the score that averages the ranks of scores a and b within each
-set (equal weights, fixed beforehand: nothing is fitted to the levels); give it several times for
-several such scores. Scores that see
-different degradations can together follow quality better than either; the per-kind study is
-not run for it. An entry `FILE.npz:score` takes a score that an earlier run of this tool saved
-on the same sets (same run folder, `--seed` and `--max-images`; the levels are checked), e.g.
-another model's:
+`--rank-mean a,b` also reports the score that averages the ranks of scores a and b within each set
+(equal weights, fixed beforehand: nothing is fitted to the levels); give it several times for
+several such scores. Scores that see different degradations can together follow quality better
+than either; the per-kind study is not run for them. An entry `FILE.npz:score` takes a score that
+an earlier run of this tool saved on the same sets (same run folder, `--seed` and `--max-images`;
+the levels are checked), e.g. another model's:
 
     python tools/quality_validate.py --workdir /tmp/runs/default --only serfiq \
         --model sface/face_recognition_sface_2021dec_int8bq.onnx --out /tmp/sface
