@@ -69,7 +69,7 @@ def test_requests_in_sequence_a_repeat_and_the_report(smoke_run, tmp_path, capsy
     assert _forget(workdir, smoke_run / "person3") == 0
     out = capsys.readouterr().out
     # The training it announces: epochs x batches per epoch = steps, as `forget.steps` asks.
-    epochs, batches, size, steps = map(int, re.search(
+    epochs, batches, _batch_size, steps = map(int, re.search(
         r"\((\d+) epochs of (\d+) batches of (\d+): (\d+) steps\)", out).groups())
     assert epochs * batches == steps >= 4  # forget.steps=4 (SERVE)
     entries = ledger.read(workdir)
