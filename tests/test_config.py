@@ -45,6 +45,14 @@ def test_bundled_configs_load_by_name_and_path(tmp_path):
         config_lib.load_config("no_such_config")
 
 
+def test_default_long_differs_from_the_default_only_in_the_teacher_schedule():
+    # Its teacher must stay comparable with the default's: same faces, model and recipe.
+    long = config_lib.load_config("default_long")
+    assert config_lib.differences(config_lib.load_config("default"), long) == [
+        "name", "teacher.epochs", "teacher.milestones"]
+    assert (long.teacher.epochs, long.teacher.milestones) == (24, (15.0, 21.0))
+
+
 def test_json_round_trip_and_differences(tmp_path):
     config = config_lib.apply_overrides(Config(), ["teacher.milestones=1,2"])
     config_lib.write_config(config, tmp_path / "c.json")
