@@ -9,7 +9,8 @@ images (as `tools/make_request.py --identity` writes them) is searched exactly a
 and the images found are compared with the identity's training images: recall, and the share
 of the images found that belong to someone else. `--unseen` requests of people outside the
 training set (fresh synthetic renders, or person folders the training set leaves out) should
-all be refused with "no training image matches". Prints a summary and writes `--output` JSON.
+all be refused with "no training image matches"; one that is served lists whose training images
+it found. Prints a summary and writes `--output` JSON.
 
 Beside what the calibrated search finds, two ceilings that no threshold can pass, read with the
 labels: `any_threshold` counts the requests for which some threshold on the request's own
@@ -98,15 +99,19 @@ def nearest_centroid_agreement(train_NxD: np.ndarray, labels_N: np.ndarray) -> f
 
 def outcome(config, data, model, photos, calibrated, label=None) -> dict:
     """One request searched (`photos`: its unit embeddings): what was found (with `label`,
-    recall and contamination) or why it was refused."""
+    recall and contamination; without, whose training images they are) or why it was
+    refused."""
     try:
         found = forget_stage.search(config, data, model, photos, [], calibrated=calibrated)
     except forget_stage.RequestRefused as refusal:
         reason = str(refusal).split(":")[0].split(" at ")[0]
         return {"refused": reason}
     result = {"found": len(found.found)}
-    if label is not None:
-        labels = data.records.labels
+    labels = data.records.labels
+    if label is None:  # someone outside the training set, served: whose images were found
+        people = collections.Counter(data.identity_names[k] for k in labels[found.found])
+        result["people_found"] = dict(people.most_common())
+    else:
         hits = int(np.sum(labels[found.found] == label))
         result.update(recall=hits / int(np.sum(labels[data.train_indices] == label)),
                       others=len(found.found) - hits,
