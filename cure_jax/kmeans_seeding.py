@@ -21,6 +21,10 @@ import jax
 import jax.numpy as jnp
 
 INITS = ("k-means++", "k-means||", "random")
+# k-means||'s recluster takes the Gram matrix of its pool up to this many candidates (256 MB in
+# float32); above it, and whenever the pool outnumbers the K * T candidates the recluster tries,
+# the Gram matrix would cost more than it saves.
+GRAM_MAX_POINTS = 8_192
 
 
 class Seeding(NamedTuple):
@@ -104,16 +108,31 @@ def _kmeans_plus_plus(
     num_clusters: int,
     num_trials: int,
     weight_N: jax.Array | None = None,
+    gram: bool = False,
 ) -> jax.Array:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's greedy variant).
 
     Each new centre is the best of ``num_trials`` candidates drawn with probability proportional
     to the squared distance to the nearest centre chosen so far; "best" means the lowest total
     squared distance once the candidate is added. With ``weight_N``, point n counts
-    ``weight_N[n]`` times in both (k-means||'s recluster step). Returns [K, D] centroids taken
-    from the points.
+    ``weight_N[n]`` times in both (k-means||'s recluster step). With ``gram``, the products of
+    the points with each other are computed once, as the [N, N] Gram matrix, and each centre's
+    step reads T of its rows instead of multiplying all N points again: for few points and many
+    centres (k-means||'s pool of 3K + 1) that is one product in place of K sequential ones of T
+    columns each. Returns [K, D] centroids taken from the points.
     """
     n = x_NxD.shape[0]
+    if gram:
+        gram_NxN = x_NxD @ x_NxD.T
+
+        def products_NxT(idx_T):
+            # Rows of the Gram matrix, not columns: each is contiguous in memory.
+            return gram_NxN[idx_T].T
+    else:
+
+        def products_NxT(idx_T):
+            return x_NxD @ x_NxD[idx_T].T
+
     # All the randomness in one draw: each threefry call inside the loop adds compile time.
     u_KxT = jax.random.uniform(key, (num_clusters, num_trials))
     if weight_N is None:
@@ -124,7 +143,8 @@ def _kmeans_plus_plus(
         draw = u_KxT[0, 0] * cum_N[-1]
         first = jnp.minimum(jnp.searchsorted(cum_N, draw, method="compare_all"), n - 1)
     centroids_KxD = jnp.zeros((num_clusters, x_NxD.shape[1]), x_NxD.dtype).at[0].set(x_NxD[first])
-    closest_N = jnp.maximum(sqnorm_N - 2.0 * (x_NxD @ x_NxD[first]) + sqnorm_N[first], 0.0)
+    first_product_N = gram_NxN[first] if gram else x_NxD @ x_NxD[first]
+    closest_N = jnp.maximum(sqnorm_N - 2.0 * first_product_N + sqnorm_N[first], 0.0)
 
     def body(k, carry):
         centroids_KxD, closest_N = carry
@@ -135,7 +155,7 @@ def _kmeans_plus_plus(
         # compare_all: T x N comparisons are cheap here and compile faster than a binary search.
         cand_T = jnp.minimum(jnp.searchsorted(cdf_N, draws_T, method="compare_all"), n - 1)
         cand_TxD = x_NxD[cand_T]
-        dist_NxT = sqnorm_N[:, None] - 2.0 * (x_NxD @ cand_TxD.T) + sqnorm_N[cand_T][None, :]
+        dist_NxT = sqnorm_N[:, None] - 2.0 * products_NxT(cand_T) + sqnorm_N[cand_T][None, :]
         dist_NxT = jnp.minimum(jnp.maximum(dist_NxT, 0.0), closest_N[:, None])
         cost_T = jnp.sum(dist_NxT, axis=0) if weight_N is None else weight_N @ dist_NxT
         best = jnp.argmin(cost_T)
@@ -205,6 +225,7 @@ def _kmeans_parallel(
     pool_QxD = jnp.concatenate([first_D[None, :], cand_GxLxD.reshape(-1, d)])
     # Each candidate stands for the points nearest to it (padding weighs nothing).
     weight_Q = jax.ops.segment_sum(valid_P, owner_P, num_segments=pool_QxD.shape[0])
+    pool_size = pool_QxD.shape[0]
     return _kmeans_plus_plus(
         recluster_key,
         pool_QxD,
@@ -212,6 +233,7 @@ def _kmeans_parallel(
         num_clusters=num_clusters,
         num_trials=num_trials,
         weight_N=weight_Q,
+        gram=pool_size <= min(GRAM_MAX_POINTS, num_clusters * num_trials),
     )
 
 

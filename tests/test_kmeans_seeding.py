@@ -99,16 +99,29 @@ def test_parallel_seeding_reads_the_points_once_per_round_not_once_per_centre(k)
     # Greedy k-means++: the first centre, then one pass over all N points per further centre.
     assert _seeding_rows("k-means++", n, d, k, chunk_size=1_000) == k * n
     # k-means||: the first candidate and one pass per round over the points, then greedy
-    # k-means++ over the pool of Q = 1 + rounds * K weighted candidates.
+    # k-means++ over the pool of Q = 1 + rounds * K weighted candidates, which reads the pool
+    # once, for its Gram matrix (K passes over it without).
     pool = 1 + rounds * k
-    assert _seeding_rows("k-means||", n, d, k, chunk_size=1_000) == (1 + rounds) * n + k * pool
+    assert _seeding_rows("k-means||", n, d, k, chunk_size=1_000) == (1 + rounds) * n + pool
 
 
 def test_parallel_seeding_reads_an_eighth_of_kmeans_plus_plus_at_the_benchmark_size():
     n, d, k = 36_000, 512, 1_000  # docs/PERFORMANCE.md, k-means section
     plus, parallel = _seeding_rows("k-means++", n, d, k), _seeding_rows("k-means||", n, d, k)
     assert plus == k * n
-    assert parallel < plus / 8  # 4 passes over the points and 1,000 over 3,001 candidates
+    assert parallel < plus / 8  # 4 passes over the points and one over 3,001 candidates
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_greedy_seeding_through_the_gram_matrix_picks_the_same_centres(weighted):
+    # k-means||'s recluster: a pool of 3K + 1 candidates, weighted by the points they stand for.
+    x = jnp.asarray(_faces(2, n=301, d=64, identities=40))
+    weight = jnp.asarray(np.random.default_rng(0).integers(1, 60, 301), jnp.float32)
+    picks = [np.asarray(kmeans_seeding._kmeans_plus_plus(
+        jax.random.key(7), x, jnp.sum(x**2, axis=-1), num_clusters=100, num_trials=6,
+        weight_N=weight if weighted else None, gram=gram)) for gram in (False, True)]
+    np.testing.assert_array_equal(picks[0], picks[1])
+    assert len({row.tobytes() for row in picks[1]}) == 100  # 100 distinct points
 
 
 def test_seeding_is_deterministic_for_a_key():
