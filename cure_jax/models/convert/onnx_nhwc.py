@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cure_jax.models import strided_conv
 from cure_jax.models.convert import onnx_ops
 from cure_jax.models.convert.onnx_graph import Node
 
@@ -77,7 +78,8 @@ def _conv(node: Node, x, w, b=None) -> ChannelsLast:
     if group == channels and w.shape[0] == channels and w.shape[1] == 1:
         out = _depthwise(x_nhwc, w, strides, padding, dilations)
     else:
-        out = jax.lax.conv_general_dilated(
+        # strided_conv: lax's convolution, with a faster stride-2 input gradient on XLA:CPU.
+        out = strided_conv.conv_general_dilated(
             x_nhwc, w, window_strides=strides, padding=padding, rhs_dilation=dilations,
             dimension_numbers=("NHWC", "OIHW", "NHWC"), feature_group_count=group)
     return ChannelsLast(out if b is None else out + b)
