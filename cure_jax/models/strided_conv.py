@@ -33,7 +33,7 @@ _NHWC = (0, 3, 1, 2)  # ConvDimensionNumbers' spec of an NHWC array: batch, feat
 _PAD = {1: ((0, 0), (0, 0)), 3: ((1, 1), (1, 1))}  # the kernel sizes handled, with their padding
 # Below this many output-gradient channels the 3 x 3 input gradient is one product with a block
 # matrix instead of the nine taps' shares: a product over so few channels is bound by writing
-# its 9 C shares per pixel, the block form writes 4 C (16 channels at 64 px, batch 64: 6 ms
+# its 9 C shares per pixel, the block form writes 4 C (16 channels at 64 px, batch 64: 6-9 ms
 # against 17-19 ms; from 32 channels on the shares are as fast or faster).
 SHARES_MIN_CHANNELS = 32
 
