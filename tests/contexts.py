@@ -5,6 +5,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend import core as jax_core
 
 from cure_jax import sharding
 from cure_jax.embeddings import make_embed_fn
@@ -43,3 +44,15 @@ def tiny_context(folder, config, *, num_forget=24, num_retain=48, seed=0, kinds=
     return UnlearnContext(config=config, graphs=backbone_graphs, teacher=backbone,
                           forget=sets[0], retain=sets[1], mesh=sharding.make_mesh(1),
                           folder=pathlib.Path(folder))
+
+
+def convolutions(jaxpr) -> list:
+    """Every convolution of a traced program, those inside custom gradients and loops included
+    (the stride-2 ones of cure_jax.models.strided_conv sit in a custom VJP)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(eqn)
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            found.extend(convolutions(sub))
+    return found

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.extend import core as jax_core
 
 from cure_jax.config import ModelConfig
 from cure_jax.losses.common import l2_normalize
 from cure_jax.models.backbone import build_model, split_model
 from cure_jax.models.heads import CosineHead, FaceModel, cosine_logits
 from cure_jax.models.iresnet import DEPTHS, IResNet
+from tests import contexts
 
 
 def _count_blocks(model: IResNet) -> int:
@@ -130,18 +130,6 @@ def _functional(model):
     return state, embed
 
 
-def _convolutions(jaxpr) -> list:
-    """The convolutions of a traced program, those inside custom gradients included (the
-    stride-2 ones of cure_jax.models.strided_conv)."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            found.append(eqn)
-        for sub in jax_core.jaxprs_in_params(eqn.params):
-            found.extend(_convolutions(sub))
-    return found
-
-
 @pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_embeddings():
     kwargs = dict(num_classes=8, image_size=32, seed=1)
@@ -153,7 +141,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_embeddings():
     images = jax.random.uniform(jax.random.key(2), (16, 32, 32, 3), minval=-1.0, maxval=1.0)
     state, embed = _functional(mixed)
     jaxpr = jax.make_jaxpr(embed)(state, images)
-    convolutions = _convolutions(jaxpr.jaxpr)
+    convolutions = contexts.convolutions(jaxpr.jaxpr)
     assert len(convolutions) == 21  # stem + 2 per block (8 blocks) + 4 shortcuts
     assert all(v.aval.dtype == jnp.bfloat16 for eqn in convolutions for v in eqn.invars)
     out_mixed = embed(state, images)

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.extend import core as jax_core
 
 from cure_jax.models import strided_conv
 from cure_jax.models.iresnet import IResNet
+from tests import contexts
 
 _PADS = {1: ((0, 0), (0, 0)), 3: ((1, 1), (1, 1))}
 
@@ -49,18 +49,8 @@ def test_values_and_gradients_are_lax_ones(height, width, size, kernel_layout, f
 
 def _dilated_convolutions(fn, *args) -> list:
     """The convolutions of `fn`'s traced program that dilate their input (strided gradients)."""
-    found = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated" and any(
-                    d != 1 for d in eqn.params["lhs_dilation"]):
-                found.append(eqn)
-            for sub in jax_core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    return [eqn for eqn in contexts.convolutions(jax.make_jaxpr(fn)(*args).jaxpr)
+            if any(d != 1 for d in eqn.params["lhs_dilation"])]
 
 
 def test_the_input_gradient_has_no_dilated_convolution():
