@@ -7,6 +7,7 @@ import argparse
 import pathlib
 import sys
 
+from cure_jax import compile_cache
 from cure_jax import config as config_lib
 from cure_jax.loop import NonFiniteLossError
 
@@ -38,12 +39,18 @@ def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_run_config(args) -> tuple[config_lib.Config, pathlib.Path]:
-    """The config of `--config` with the `--set` overrides applied, and the run folder.
+    """The config of `--config` with the `--set` overrides applied, and the run folder; turns on
+    the compile cache it names (`run.compile_cache`), before the command compiles anything.
 
     Raises:
-      ConfigError: an unknown config, key or value.
+      ConfigError: an unknown config, key or value, or a compile cache folder that cannot be
+        created.
     """
     config = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
+    try:
+        compile_cache.use(config.run.compile_cache)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from error
     return config, pathlib.Path(args.workdir or pathlib.Path("runs") / config.name)
 
 

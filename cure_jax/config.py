@@ -232,7 +232,8 @@ def load_config(path_or_name: str) -> Config:
 
 
 # Keys that change how a run is watched, not what it computes: a rerun may change them freely.
-RUNTIME_KEYS = ("run.progress", "run.log_every", "run.num_devices", "run.restart_from")
+RUNTIME_KEYS = ("run.progress", "run.log_every", "run.num_devices", "run.restart_from",
+                "run.compile_cache")
 
 
 def to_dict(config: Any) -> dict:

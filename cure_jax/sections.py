@@ -192,6 +192,10 @@ class RunConfig:
     max_to_keep: Count = 2
     num_devices: CountOrZero = 0  # data-parallel devices (0: all local devices)
     progress: bool = True  # tqdm progress bars
+    # Where compiled XLA programs are kept between runs (JAX's persistent compilation cache), so
+    # that a resumed, repeated or next run loads them instead of compiling again: "auto" (a
+    # folder the environment already chose, else ~/.cache/cure_jax/jax), "off", or a folder.
+    compile_cache: str = "auto"
     # Continue an unfinished stage from this checkpoint step (0: from the start; -1: off), with
     # a changed learning rate accepted in its folder: what to do after a non-finite loss.
     restart_from: Annotated[int, Range(-1)] = -1
