@@ -1,12 +1,12 @@
 """Compiled programs kept between runs: JAX's persistent compilation cache, for the command lines.
 
 Every command compiles its steps, embedding and evaluation programs anew in each process (5-15 s
-for a training step on the default model). A resumed run, a rerun, the next forget request or the
-next method of a compare compiles the same programs again; with the cache on it loads them from
-disk instead. A cached program is the one that would be compiled (the key covers the program,
-the compile options, the XLA flags and the jax version), so results do not change; XLA:CPU
-refuses a program compiled for another CPU type and compiles it again (docs/PERFORMANCE.md,
-"Compiled programs kept between runs").
+for a training step on the default model). A resumed run, a rerun, the next forget request or
+another command on the same model compiles the same programs again; with the cache on it loads
+them from disk instead. A cached program is the one that would be compiled (the key covers the
+program, the compile options, the XLA flags and the jax version), so results do not change;
+XLA:CPU refuses a program compiled for another CPU type and compiles it again
+(docs/PERFORMANCE.md, "Compiled programs kept between runs").
 """
 
 from __future__ import annotations
