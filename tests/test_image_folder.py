@@ -3,7 +3,6 @@
 import os
 import pathlib
 import pickle
-import time
 import warnings
 
 import grain
@@ -252,13 +251,23 @@ def test_grain_pipeline_and_pickle(tiny):
     assert repr(clone) == repr(source)
 
 
-def test_lfw_folder():
+def test_lfw_folder(monkeypatch):
     images = lfw_root() / "images"
-    start = time.perf_counter()
-    files = scan_image_folder(images)
-    seconds = time.perf_counter() - start
+    stat_calls = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stat_calls.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "stat", counting_stat)
+        files = scan_image_folder(images)
     assert len(files) == 5749 and sum(map(len, files.values())) == 13233
-    assert seconds < 3.0, f"scanning LFW took {seconds:.2f} s"
+    # The directory entries' own file types, not a stat per file (13,233 of them), keep the scan
+    # fast; the root is checked twice (exists, is a folder). A wall-clock bound here failed when
+    # the machine was busy, which is the benchmark's business, not the test's.
+    assert len(stat_calls) <= 2, stat_calls[:5]
     source = ImageFolderSource(images, min_images=10)
     assert source.num_classes == 158 and len(source) == 4324
     assert source.num_empty_identities == 0
