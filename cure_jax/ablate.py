@@ -1,5 +1,5 @@
 """Command line: `python -m cure_jax.ablate [--config FILE|NAME] [--ablations A1,...|all]
-[--seeds 0,1,2] [--set key=value ...] [--workdir DIR]`.
+[--seeds 0,1,2] [--jobs N] [--set key=value ...] [--workdir DIR]`.
 
 The CURE paper's ablations (A1-A12, the table `ABLATIONS`): each is CURE with a few config
 overrides (a loss term removed by a zero weight, another clusterer for the pseudo-labels,
@@ -8,7 +8,8 @@ another contrastive margin), run on the workdir's one teacher against full CURE,
 `ablation.json` and `ablation.png` into the workdir.
 
 Folders: `<workdir>/cure` and `<workdir>/ablation/<A#>`, or with `--seeds` the same under each
-`<workdir>/seed<k>/`. A finished run is reused, an interrupted one resumes.
+`<workdir>/seed<k>/`. A finished run is reused, an interrupted one resumes. With `--jobs N`
+(CPU only), N runs at once, each in a process of its own (cure_jax/job_pool.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from typing import NamedTuple
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
-from cure_jax import cli, seeds, stages
+from cure_jax import cli, job_pool, seeds, stages
 from cure_jax import config as config_lib
 from cure_jax.report import num_cell, pct_cell, plot_comparison, table
 
@@ -68,6 +69,7 @@ def parse_args(argv):
     parser.add_argument("--ablations", default="all",
                         help="comma-separated keys (A1,...,A12), or 'all' (default)")
     cli.add_seeds_argument(parser)
+    job_pool.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -173,25 +175,38 @@ def ablation_report(summary: dict[str, dict], chosen: tuple[Ablation, ...], *, t
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.job is not None:
+        job_pool.pin(args.cores)  # first: before JAX starts its backend
     try:
         config, workdir = cli.load_run_config(args)
         chosen = select(args.ablations)
         seed_list = seeds.parse_seeds(args.seeds)
         planned = plan(config, workdir, chosen, seed_list)
+        if args.job is None:
+            job_pool.check_jobs(args.jobs)
     except (config_lib.ConfigError, ValueError) as error:
         return cli.fail(error, 2)
     jobs = tuple(job for _, _, job in planned)
+    labels = [f"{job.label} {ablation.name}" for ablation, _, job in planned]
     try:
+        if args.job is not None:
+            stages.job_alone(config, workdir, jobs[args.job], labels[args.job])
+            return 0
         run = stages.start(config, workdir, [], jobs)
         teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
+        if args.jobs > 1:
+            job_pool.run_pending("cure_jax.ablate", argv, [job.folder for job in jobs], labels,
+                                 args.jobs, progress=config.run.progress)
         results: dict[str, list[dict]] = {}
-        for (ablation, _, job), split in zip(planned, run.job_splits, strict=True):
+        for (ablation, _, job), label, split in zip(planned, labels, run.job_splits,
+                                                    strict=True):
             print(f"\n=== {job.label}: {ablation.name} ===")
             results.setdefault(ablation.key, []).append(stages.unlearn_stage(
                 job.config, workdir, run.mesh, run.data, teacher_run, split, folder=job.folder,
-                label=f"{job.label} {ablation.name}"))
-    except cli.RUN_ERRORS as error:
+                label=label))
+    except (*cli.RUN_ERRORS, job_pool.JobsFailed) as error:
         return cli.fail(error, 1)
     summary = summarize(results)
     title = f"CURE ablations on {config.name}"

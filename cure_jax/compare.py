@@ -1,5 +1,5 @@
 """Command line: `python -m cure_jax.compare [--config FILE|NAME] [--methods a,b,...]
-[--seeds 0,1,2] [--set key=value ...] [--workdir DIR]`.
+[--seeds 0,1,2] [--jobs N] [--set key=value ...] [--workdir DIR]`.
 
 Trains (or reuses) one teacher and one teacher-embedding cache, runs every method on the same
 unlearning request, and writes `comparison.md`, `comparison.json` and `comparison.png` into the
@@ -9,6 +9,9 @@ one resumes from its checkpoints.
 With `--seeds`, every method runs once per seed (`unlearn.seed`: the request draw and the
 unlearning run; the teacher stays one) in `<workdir>/seed<k>/<method>`; each seed folder gets
 its own comparison, and the workdir's shows the mean ± standard deviation over the seeds.
+
+With `--jobs N` (CPU only), N methods run at once after the teacher, each in a process of its
+own on 1/N of the cores with its output in `<method folder>/log.txt` (cure_jax/job_pool.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pathlib
 import sys
 
 import cure_jax  # noqa: F401  (sets XLA flags before the backend starts)
-from cure_jax import cli, methods, seeds, stages
+from cure_jax import cli, job_pool, methods, seeds, stages
 from cure_jax import config as config_lib
 from cure_jax.report import comparison_report, plot_comparison
 
@@ -32,6 +35,7 @@ def parse_args(argv):
     parser.add_argument("--methods", default="all",
                         help="comma-separated method names, or 'all' (default)")
     cli.add_seeds_argument(parser)
+    job_pool.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -49,10 +53,13 @@ def method_names(text: str) -> list[str]:
     return [n for n in registered if n in names]
 
 
-def seed_jobs(config, workdir: pathlib.Path, names: list[str],
-              seed_list: tuple[int, ...]) -> tuple[stages.Job, ...]:
-    """One job per seed and method, seed by seed (a seed's methods finish together):
-    `<workdir>/seed<k>/<method>`."""
+def comparison_jobs(config, workdir: pathlib.Path, names: list[str],
+                    seed_list: tuple[int, ...] | None) -> tuple[stages.Job, ...]:
+    """One job per method in `<workdir>/<method>`; with seeds, one per seed and method, seed by
+    seed (a seed's methods finish together), in `<workdir>/seed<k>/<method>`."""
+    if seed_list is None:
+        return tuple(stages.Job(stages.with_method(config, name), workdir / name, name)
+                     for name in names)
     return tuple(stages.Job(stages.with_method(seeds.with_seed(config, seed), name),
                             seeds.seed_folder(workdir, seed) / name, f"{name} (seed {seed})")
                  for seed in seed_list for name in names)
@@ -83,40 +90,49 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.job is not None:
+        job_pool.pin(args.cores)  # first: before JAX starts its backend
     try:
         config, workdir = cli.load_run_config(args)
         names = method_names(args.methods)
         seed_list = seeds.parse_seeds(args.seeds)
+        if args.job is None:
+            job_pool.check_jobs(args.jobs)
     except (config_lib.ConfigError, ValueError) as error:
         return cli.fail(error, 2)
-    jobs = seed_jobs(config, workdir, names, seed_list or ())
+    jobs = comparison_jobs(config, workdir, names, seed_list)
     title = f"Unlearning methods on {config.name}"
     try:
-        run = stages.start(config, workdir, names if seed_list is None else [], jobs)
+        if args.job is not None:
+            stages.job_alone(config, workdir, jobs[args.job], jobs[args.job].label)
+            return 0
+        run = stages.start(config, workdir, [], jobs)
         teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
+        if args.jobs > 1:
+            job_pool.run_pending("cure_jax.compare", argv, [job.folder for job in jobs],
+                                 [job.label for job in jobs], args.jobs,
+                                 progress=config.run.progress)
+        runs = []
+        for job, split in zip(jobs, run.job_splits, strict=True):
+            print(f"\n=== {job.label} ===")
+            runs.append(stages.unlearn_stage(job.config, workdir, run.mesh, run.data,
+                                             teacher_run, split, folder=job.folder,
+                                             label=job.label))
         if seed_list is None:
-            results = {}
-            for name in names:
-                print(f"\n=== {name} ===")
-                results[name] = stages.unlearn_stage(stages.with_method(config, name), workdir,
-                                                     run.mesh, run.data, teacher_run,
-                                                     run.splits[name])
-            report = write_comparison(results, workdir, title=title)
+            report = write_comparison(dict(zip(names, runs, strict=True)), workdir, title=title)
         else:
             per_seed = {seed: {} for seed in seed_list}
-            for job, split in zip(jobs, run.job_splits, strict=True):
-                print(f"\n=== {job.label} ===")
-                per_seed[job.config.unlearn.seed][job.config.unlearn.method] = (
-                    stages.unlearn_stage(job.config, workdir, run.mesh, run.data, teacher_run,
-                                         split, folder=job.folder, label=job.label))
+            for job, metrics in zip(jobs, runs, strict=True):
+                per_seed[job.config.unlearn.seed][job.config.unlearn.method] = metrics
             for seed, results in per_seed.items():
                 write_comparison(results, seeds.seed_folder(workdir, seed),
                                  title=f"{title}, seed {seed}")
             combined, payload = aggregate_seeds(per_seed)
             report = write_comparison(combined, workdir, title=title,
                                       note=seeds.note(seed_list), payload=payload)
-    except cli.RUN_ERRORS as error:
+    except (*cli.RUN_ERRORS, job_pool.JobsFailed) as error:
         return cli.fail(error, 1)
     print("\n" + report)
     print(f"comparison: {workdir / 'comparison.md'}")

@@ -147,8 +147,8 @@ def preflight(config, data, mesh) -> None:
 
 
 class Job(NamedTuple):
-    """One unlearning run besides the plain `<workdir>/<method>` ones: another seed, an
-    ablation. It shares the workdir's teacher."""
+    """One unlearning run of a command on the workdir's teacher: a method, with another seed,
+    an ablation."""
 
     config: object  # the run's Config: `unlearn.method`, its seed and its overrides set
     folder: pathlib.Path  # where the run keeps its checkpoints, metrics and report
@@ -376,3 +376,15 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     print("\n" + report)
     print(f"report: {folder / 'report.md'}")
     return metrics
+
+
+def job_alone(config, workdir: pathlib.Path, job: Job, label: str) -> None:
+    """`job` run by itself, in a process of its own (`--jobs`, cure_jax/job_pool.py), after its
+    command's `start` and `teacher_stage`: loads the data, reuses the teacher of `workdir`
+    (reading its checkpoint, embeddings and records, writing nothing) and runs the job into its
+    folder as `unlearn_stage` does."""
+    mesh = sharding.make_mesh(config.run.num_devices)
+    data = load_face_data(config.data, progress=False)
+    teacher_run = teacher_stage(config, workdir, mesh, data)
+    unlearn_stage(job.config, workdir, mesh, data, teacher_run, request_split(job.config, data),
+                  folder=job.folder, label=label)
