@@ -9,7 +9,7 @@ another contrastive margin), run on the workdir's one teacher against full CURE,
 
 Folders: `<workdir>/cure` and `<workdir>/ablation/<A#>`, or with `--seeds` the same under each
 `<workdir>/seed<k>/`. A finished run is reused, an interrupted one resumes. With `--jobs N`
-(CPU only), N runs at once, each in a process of its own (cure_jax/job_pool.py).
+(CPU only), N runs at once in worker processes (cure_jax/job_pool.py).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def parse_args(argv):
     parser.add_argument("--ablations", default="all",
                         help="comma-separated keys (A1,...,A12), or 'all' (default)")
     cli.add_seeds_argument(parser)
-    job_pool.add_arguments(parser)
+    job_pool.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -174,31 +174,43 @@ def ablation_report(summary: dict[str, dict], chosen: tuple[Ablation, ...], *, t
     ])
 
 
+def labels_of(planned) -> tuple[str, ...]:
+    """Each planned run's name in messages and report titles."""
+    return tuple(f"{job.label} {ablation.name}" for ablation, _, job in planned)
+
+
+def job_plan(argv) -> job_pool.Plan:
+    """The ablation's runs, from its arguments (`--jobs` workers read them too).
+
+    Raises:
+      ConfigError, ValueError: naming the argument or key at fault.
+    """
+    args = parse_args(argv)
+    config, workdir = cli.load_run_config(args)
+    planned = plan(config, workdir, select(args.ablations), seeds.parse_seeds(args.seeds))
+    return job_pool.Plan(config, workdir, tuple(job for _, _, job in planned),
+                         labels_of(planned))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.job is not None:
-        job_pool.pin(args.cores)  # first: before JAX starts its backend
     try:
         config, workdir = cli.load_run_config(args)
         chosen = select(args.ablations)
         seed_list = seeds.parse_seeds(args.seeds)
         planned = plan(config, workdir, chosen, seed_list)
-        if args.job is None:
-            job_pool.check_jobs(args.jobs)
+        job_pool.check_jobs(args.jobs)
     except (config_lib.ConfigError, ValueError) as error:
         return cli.fail(error, 2)
-    jobs = tuple(job for _, _, job in planned)
-    labels = [f"{job.label} {ablation.name}" for ablation, _, job in planned]
+    jobs, labels = tuple(job for _, _, job in planned), labels_of(planned)
     try:
-        if args.job is not None:
-            stages.job_alone(config, workdir, jobs[args.job], labels[args.job])
-            return 0
         run = stages.start(config, workdir, [], jobs)
         teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
         if args.jobs > 1:
-            job_pool.run_pending("cure_jax.ablate", argv, [job.folder for job in jobs], labels,
-                                 args.jobs, progress=config.run.progress)
+            job_pool.run_pending("cure_jax.ablate", argv,
+                                 job_pool.Plan(config, workdir, jobs, labels), args.jobs,
+                                 progress=config.run.progress)
         results: dict[str, list[dict]] = {}
         for (ablation, _, job), label, split in zip(planned, labels, run.job_splits,
                                                     strict=True):

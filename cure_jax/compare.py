@@ -10,8 +10,8 @@ With `--seeds`, every method runs once per seed (`unlearn.seed`: the request dra
 unlearning run; the teacher stays one) in `<workdir>/seed<k>/<method>`; each seed folder gets
 its own comparison, and the workdir's shows the mean ± standard deviation over the seeds.
 
-With `--jobs N` (CPU only), N methods run at once after the teacher, each in a process of its
-own on 1/N of the cores with its output in `<method folder>/log.txt` (cure_jax/job_pool.py).
+With `--jobs N` (CPU only), N methods run at once after the teacher, in worker processes on
+1/N of the cores each, every run's output in `<method folder>/log.txt` (cure_jax/job_pool.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def parse_args(argv):
     parser.add_argument("--methods", default="all",
                         help="comma-separated method names, or 'all' (default)")
     cli.add_seeds_argument(parser)
-    job_pool.add_arguments(parser)
+    job_pool.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -89,30 +89,35 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> tuple[dict, dict]:
     return combined, payload
 
 
+def job_plan(argv) -> job_pool.Plan:
+    """The comparison's runs, from its arguments (`--jobs` workers read them too).
+
+    Raises:
+      ConfigError, ValueError: naming the argument or key at fault.
+    """
+    args = parse_args(argv)
+    config, workdir = cli.load_run_config(args)
+    jobs = comparison_jobs(config, workdir, method_names(args.methods),
+                           seeds.parse_seeds(args.seeds))
+    return job_pool.Plan(config, workdir, jobs, tuple(job.label for job in jobs))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.job is not None:
-        job_pool.pin(args.cores)  # first: before JAX starts its backend
     try:
-        config, workdir = cli.load_run_config(args)
-        names = method_names(args.methods)
+        plan = job_plan(argv)
         seed_list = seeds.parse_seeds(args.seeds)
-        if args.job is None:
-            job_pool.check_jobs(args.jobs)
+        job_pool.check_jobs(args.jobs)
     except (config_lib.ConfigError, ValueError) as error:
         return cli.fail(error, 2)
-    jobs = comparison_jobs(config, workdir, names, seed_list)
+    config, workdir, jobs = plan.config, plan.workdir, plan.jobs
     title = f"Unlearning methods on {config.name}"
     try:
-        if args.job is not None:
-            stages.job_alone(config, workdir, jobs[args.job], jobs[args.job].label)
-            return 0
         run = stages.start(config, workdir, [], jobs)
         teacher_run = stages.teacher_stage(config, workdir, run.mesh, run.data)
         if args.jobs > 1:
-            job_pool.run_pending("cure_jax.compare", argv, [job.folder for job in jobs],
-                                 [job.label for job in jobs], args.jobs,
+            job_pool.run_pending("cure_jax.compare", argv, plan, args.jobs,
                                  progress=config.run.progress)
         runs = []
         for job, split in zip(jobs, run.job_splits, strict=True):
@@ -121,7 +126,9 @@ def main(argv=None) -> int:
                                              teacher_run, split, folder=job.folder,
                                              label=job.label))
         if seed_list is None:
-            report = write_comparison(dict(zip(names, runs, strict=True)), workdir, title=title)
+            report = write_comparison({job.config.unlearn.method: metrics
+                                       for job, metrics in zip(jobs, runs, strict=True)},
+                                      workdir, title=title)
         else:
             per_seed = {seed: {} for seed in seed_list}
             for job, metrics in zip(jobs, runs, strict=True):

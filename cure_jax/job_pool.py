@@ -1,24 +1,33 @@
-"""A command's unlearning runs side by side in processes of their own (`--jobs N`).
+"""A command's unlearning runs side by side in worker processes (`--jobs N`).
 
 A compare or an ablation is a list of unlearning runs that share one teacher and nothing else.
 XLA:CPU's steps gain 1.5-1.8x from a second core, not 2x (docs/PERFORMANCE.md, "One core
-against two"), so on the CPU N runs at once, each pinned to 1/N of the cores, finish a list
-sooner than one run at a time on all of them. The command trains (or reuses) the teacher
-first; then each unfinished run goes to a fresh process of the same command line with
-`--job K --cores C`, which pins itself to its cores before JAX starts its backend, reuses the
-teacher and writes its run folder as the serial command would, its output in
+against two"), so N runs at once, each on 1/N of the cores, can finish a list sooner than one
+run at a time on all of them. The command trains (or reuses) the teacher first; then N worker
+processes start (`spawn`), each pins itself to its cores before JAX starts its backend, loads
+the data and the teacher once, and takes the next unfinished run from a shared queue until none
+is left, writing its run folder as the serial command would, with the run's output in
 `<run folder>/log.txt`. The command then collects every run from its folder, as it reuses
 finished runs on any rerun.
+
+A command that offers `--jobs` defines `job_plan(argv) -> Plan`: its config, run folder, jobs
+and their labels, the same in every process; the plan runs a job in a worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import multiprocessing
 import os
 import pathlib
-import subprocess
+import queue
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -26,24 +35,41 @@ from tqdm import tqdm
 LOG_FILE = "log.txt"
 
 
+@dataclasses.dataclass
+class Plan:
+    """What a command runs, from its arguments, and how a worker runs one of them."""
+
+    config: object  # the command's Config
+    workdir: pathlib.Path  # its run folder, with the teacher
+    jobs: tuple  # stages.Job of every run, finished ones included
+    labels: tuple  # each run's name in messages and report titles
+
+    @functools.cached_property
+    def reloaded(self):
+        """The data and the teacher, loaded once per worker process."""
+        from cure_jax import stages
+
+        return stages.reload(self.config, self.workdir)
+
+    def run(self, k: int) -> None:
+        """Runs job `k` into its folder, as the command itself would."""
+        from cure_jax import stages
+
+        job, (mesh, data, teacher_run) = self.jobs[k], self.reloaded
+        stages.unlearn_stage(job.config, self.workdir, mesh, data, teacher_run,
+                             stages.request_split(job.config, data), folder=job.folder,
+                             label=self.labels[k])
+
+
 class JobsFailed(RuntimeError):
     """One or more runs ended with an error; the message names each with its log."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--jobs N`, and the hidden `--job K --cores C` by which a command runs one of its runs."""
+def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="unlearning runs at once, each in its own process on 1/N of the "
+                        help="unlearning runs at once, each in a worker process on 1/N of the "
                              "CPU cores (CPU only; default 1: one after another in this "
                              "process). Each run's output goes to <run folder>/log.txt")
-    parser.add_argument("--job", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--cores", default=None, help=argparse.SUPPRESS)
-
-
-def pin(cores: str) -> None:
-    """Confines this process to `cores` ("0,1"), before JAX starts: XLA:CPU sizes its thread
-    pool by the cores the process may use."""
-    os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
 
 
 def core_groups(workers: int, cores: Sequence[int]) -> list[tuple[int, ...]]:
@@ -83,9 +109,58 @@ def check_jobs(jobs: int) -> None:
                              "Leave it at 1")
 
 
-def _last_line(path: pathlib.Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
+@contextlib.contextmanager
+def _output_to(path: pathlib.Path):
+    """This process's stdout and stderr, Python's and the C libraries', appended to `path`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _run_one(module: str, argv: Sequence[str], k: int, loaded: dict) -> str | None:
+    """Runs job `k` of the command's plan in this process; None, or the line that says why it
+    failed (the traceback goes to the run's log). `loaded` keeps the plan, with its data and
+    teacher, from this process's first run on."""
+    from cure_jax import cli
+
+    try:
+        if not loaded:
+            loaded["plan"] = importlib.import_module(module).job_plan(argv)
+        loaded["plan"].run(k)
+        return None
+    except cli.RUN_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return f"error: {error}"
+    except Exception as error:  # noqa: BLE001  (any failure is this run's, reported with its log)
+        traceback.print_exc()
+        return f"{type(error).__name__}: {error}"
+
+
+def _worker(module: str, argv: Sequence[str], cores: tuple[int, ...], folders, tasks,
+            events) -> None:
+    """A worker process: pins itself to `cores` (first, before JAX starts: XLA:CPU sizes its
+    thread pool by the cores the process may use), then runs the runs `tasks` hands it until it
+    hands None, each with its output in its folder's log, telling `events` of each."""
+    os.sched_setaffinity(0, cores)
+    loaded: dict = {}
+    while (k := tasks.get()) is not None:
+        events.put(("started", k, cores))
+        folders[k].mkdir(parents=True, exist_ok=True)
+        with _output_to(folders[k] / LOG_FILE):
+            failure = _run_one(module, argv, k, loaded)
+        events.put(("ended", k, failure))
 
 
 def _duration(seconds: float) -> str:
@@ -93,57 +168,72 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
-def run_pending(module: str, argv: Sequence[str], folders: Sequence[pathlib.Path],
-                labels: Sequence[str], jobs: int, *, progress: bool) -> None:
-    """Runs every run whose folder holds no `metrics.json`, `jobs` at a time, each as
-    `python -m module *argv --job K --cores C` with K its index in `folders`; waits for all.
+def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
+                progress: bool) -> None:
+    """Runs every run of `plan` whose folder holds no `metrics.json` in `jobs` worker processes
+    of `module` (which defines `job_plan(argv)`); waits for all.
 
     A run that fails does not stop the others; interrupting this process stops every run (each
     resumes from its checkpoints on the next command).
 
     Raises:
-      JobsFailed: naming each failed run, its exit status, its last line and its log.
+      JobsFailed: naming each failed run, the line that says why and its log.
     """
+    folders = [job.folder for job in plan.jobs]
     pending = [k for k, folder in enumerate(folders) if not (folder / "metrics.json").exists()]
     if not pending:
         return
-    free = core_groups(min(jobs, len(pending)), sorted(os.sched_getaffinity(0)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    running: dict[subprocess.Popen, tuple[int, tuple[int, ...], float]] = {}
+    groups = core_groups(min(jobs, len(pending)), sorted(os.sched_getaffinity(0)))
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX
+    tasks, events = context.Queue(), context.Queue()
+    for k in [*pending, *[None] * len(groups)]:
+        tasks.put(k)
+    workers = [context.Process(target=_worker, args=(module, list(argv), cores, folders, tasks,
+                                                     events))
+               for cores in groups]
+    started: dict[int, float] = {}
     failed = []
-    bar = tqdm(total=len(pending), desc=f"runs, {len(free)} at a time", unit="run",
+    ended = False
+    bar = tqdm(total=len(pending), desc=f"runs, {len(groups)} at a time", unit="run",
                disable=not progress)
     try:
-        while pending or running:
-            while pending and free:
-                k, cores = pending.pop(0), free.pop(0)
-                cores_text = ",".join(map(str, cores))
-                folders[k].mkdir(parents=True, exist_ok=True)
-                log = folders[k] / LOG_FILE
-                with open(log, "a") as out:
-                    command = [sys.executable, "-m", module, *argv, "--set", "run.progress=false",
-                               "--job", str(k), "--cores", cores_text]
-                    running[subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                             env=env)] = (k, cores, time.perf_counter())
-                bar.write(f"{labels[k]}: started on core(s) {cores_text}; output in {log}")
-            time.sleep(0.2)
-            for process in [p for p in running if p.poll() is not None]:
-                k, cores, started = running.pop(process)
-                free.append(cores)
-                bar.update(1)
-                took = _duration(time.perf_counter() - started)
-                if process.returncode == 0:
-                    bar.write(f"{labels[k]}: finished in {took}")
-                else:
-                    log = folders[k] / LOG_FILE
-                    failed.append(f"{labels[k]} (exit status {process.returncode}: "
-                                  f"{_last_line(log)}; log: {log})")
-                    bar.write(f"{labels[k]}: failed after {took}; log: {log}")
+        for worker in workers:
+            worker.start()
+        done = 0
+        while done < len(pending):
+            try:
+                event = events.get(timeout=1.0)
+            except queue.Empty:
+                if not any(worker.is_alive() for worker in workers):
+                    lost = [plan.labels[k] for k in pending if k not in started]
+                    lost += [plan.labels[k] for k in started if not (
+                        folders[k] / "metrics.json").exists()]
+                    failed.append("the worker processes ended early (exit status "
+                                  f"{', '.join(str(w.exitcode) for w in workers)}); unfinished: "
+                                  + ", ".join(dict.fromkeys(lost)))
+                    break
+                continue
+            kind, k, detail = event
+            label, log = plan.labels[k], folders[k] / LOG_FILE
+            if kind == "started":
+                started[k] = time.perf_counter()
+                bar.write(f"{label}: started on core(s) {','.join(map(str, detail))}; "
+                          f"output in {log}")
+                continue
+            done += 1
+            bar.update(1)
+            took = _duration(time.perf_counter() - started[k])
+            if detail is None:
+                bar.write(f"{label}: finished in {took}")
+            else:
+                failed.append(f"{label} ({detail}; log: {log})")
+                bar.write(f"{label}: failed after {took}; log: {log}")
+        ended = True
     finally:
-        for process in running:
-            process.terminate()
-        for process in running:
-            process.wait()
+        for worker in workers:  # done, they leave on the queue's None; interrupted, stopped
+            if worker.is_alive() and not ended:
+                worker.terminate()
+            worker.join()
         bar.close()
     if failed:
         raise JobsFailed(f"{len(failed)} run(s) failed: " + "; ".join(failed))

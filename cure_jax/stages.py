@@ -378,13 +378,18 @@ def unlearn_stage(config, workdir: pathlib.Path, mesh, data, teacher_run: Teache
     return metrics
 
 
-def job_alone(config, workdir: pathlib.Path, job: Job, label: str) -> None:
-    """`job` run by itself, in a process of its own (`--jobs`, cure_jax/job_pool.py), after its
-    command's `start` and `teacher_stage`: loads the data, reuses the teacher of `workdir`
-    (reading its checkpoint, embeddings and records, writing nothing) and runs the job into its
-    folder as `unlearn_stage` does."""
+class Reloaded(NamedTuple):
+    """What `start` and `teacher_stage` gave a command, loaded again in another process."""
+
+    mesh: object
+    data: object  # FaceData
+    teacher_run: TeacherRun
+
+
+def reload(config, workdir: pathlib.Path) -> Reloaded:
+    """The data and the teacher of `workdir` for a process that runs a command's jobs (`--jobs`,
+    cure_jax/job_pool.py) after the command's `start` and `teacher_stage`: the teacher's
+    checkpoint, embeddings and records are read, nothing is written."""
     mesh = sharding.make_mesh(config.run.num_devices)
     data = load_face_data(config.data, progress=False)
-    teacher_run = teacher_stage(config, workdir, mesh, data)
-    unlearn_stage(job.config, workdir, mesh, data, teacher_run, request_split(job.config, data),
-                  folder=job.folder, label=label)
+    return Reloaded(mesh, data, teacher_stage(config, workdir, mesh, data))
