@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import importlib
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import pathlib
 import queue
+import signal
 import sys
 import time
 import traceback
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 LOG_FILE = "log.txt"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclasses.dataclass
@@ -148,11 +151,22 @@ def _run_one(module: str, argv: Sequence[str], k: int, loaded: dict) -> str | No
         return f"{type(error).__name__}: {error}"
 
 
+def _end_with(parent: int) -> None:
+    """Asks Linux to end this process when the command's process ends, however it ends (a kill
+    leaves no chance to stop the workers), so that no run goes on writing its folder unseen
+    while the command is run again."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before the request
+        os._exit(1)
+
+
 def _worker(module: str, argv: Sequence[str], cores: tuple[int, ...], folders, tasks,
-            events) -> None:
+            events, parent: int) -> None:
     """A worker process: pins itself to `cores` (first, before JAX starts: XLA:CPU sizes its
     thread pool by the cores the process may use), then runs the runs `tasks` hands it until it
     hands None, each with its output in its folder's log, telling `events` of each."""
+    _end_with(parent)
     os.sched_setaffinity(0, cores)
     loaded: dict = {}
     while (k := tasks.get()) is not None:
@@ -189,7 +203,7 @@ def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
     for k in [*pending, *[None] * len(groups)]:
         tasks.put(k)
     workers = [context.Process(target=_worker, args=(module, list(argv), cores, folders, tasks,
-                                                     events))
+                                                     events, os.getpid()))
                for cores in groups]
     started: dict[int, float] = {}
     failed = []

@@ -2,25 +2,34 @@
 
 import json
 import os
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
 from cure_jax import job_pool
 
 CORES = sorted(os.sched_getaffinity(0))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # A stand-in for a command that offers `--jobs`: its plan's runs record the process they ran in
 # and what they were given (or fail, where their folder asks for it) instead of unlearning.
 FAKE_COMMAND = textwrap.dedent("""
-    import json, os, pathlib
+    import json, os, pathlib, time
     from cure_jax import job_pool
 
     class FakePlan(job_pool.Plan):
         def run(self, k):
             folder = self.jobs[k]
             print(f"run {k} in process {os.getpid()}")
+            if (folder / "hang").exists():  # until the test kills it
+                (folder / "pid").write_text(str(os.getpid()))
+                time.sleep(600)
             if (folder / "fail").exists():
                 raise ValueError("the run failed")
             record = {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0))}
@@ -106,6 +115,48 @@ def test_a_failed_run_is_named_with_its_log_and_the_others_finish(fake_command):
                                   f"{root / 'run1' / job_pool.LOG_FILE})")
     assert "error: the run failed" in (root / "run1" / job_pool.LOG_FILE).read_text()
     assert (root / "run0" / "metrics.json").exists() and (root / "run2" / "metrics.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie that nobody reaped has ended)."""
+    try:
+        return "\nState:\tZ" not in pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_command_is_killed(fake_command):
+    root = fake_command / "runs"
+    count = min(2, len(CORES))
+    for k in range(count):
+        (root / f"run{k}").mkdir(parents=True)
+        (root / f"run{k}" / "hang").touch()
+    command = textwrap.dedent(f"""
+        import pathlib, sys
+        sys.path.insert(0, {str(fake_command)!r})
+        from cure_jax import job_pool
+        from tests.test_job_pool import _plan
+        job_pool.run_pending("fake_command", [{str(root)!r}, "{count}"],
+                             _plan(pathlib.Path({str(root)!r}), {count}), {count},
+                             progress=False)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", command], cwd=ROOT)
+    pid_files = [root / f"run{k}" / "pid" for k in range(count)]
+    deadline = time.monotonic() + 120
+    while not all(path.exists() for path in pid_files) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(path.exists() for path in pid_files), "the workers never started their runs"
+    pids = [int(path.read_text()) for path in pid_files]
+    assert all(_alive(pid) for pid in pids)
+    parent.kill()  # no chance to stop its workers itself
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlived = [pid for pid in pids if _alive(pid)]
+    for pid in outlived:  # leave no process behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not outlived, "workers outlived the command"
 
 
 def _comparable(metrics: dict) -> dict:
