@@ -69,6 +69,7 @@ class JobsFailed(RuntimeError):
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
+    """`--jobs N`."""
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="unlearning runs at once, each in a worker process on 1/N of the "
                              "CPU cores (CPU only; default 1: one after another in this "
@@ -202,7 +203,9 @@ def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
     tasks, events = context.Queue(), context.Queue()
     for k in [*pending, *[None] * len(groups)]:
         tasks.put(k)
-    workers = [context.Process(target=_worker, args=(module, list(argv), cores, folders, tasks,
+    # No progress bars in the logs: the command shows one over the runs.
+    worker_argv = [*argv, "--set", "run.progress=false"]
+    workers = [context.Process(target=_worker, args=(module, worker_argv, cores, folders, tasks,
                                                      events, os.getpid()))
                for cores in groups]
     started: dict[int, float] = {}
