@@ -209,6 +209,7 @@ def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
                                                      events, os.getpid()))
                for cores in groups]
     started: dict[int, float] = {}
+    reported: set[int] = set()  # runs whose worker told their end
     failed = []
     ended = False
     bar = tqdm(total=len(pending), desc=f"runs, {len(groups)} at a time", unit="run",
@@ -216,18 +217,15 @@ def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
     try:
         for worker in workers:
             worker.start()
-        done = 0
-        while done < len(pending):
+        while len(reported) < len(pending):
             try:
                 event = events.get(timeout=1.0)
             except queue.Empty:
                 if not any(worker.is_alive() for worker in workers):
-                    lost = [plan.labels[k] for k in pending if k not in started]
-                    lost += [plan.labels[k] for k in started if not (
-                        folders[k] / "metrics.json").exists()]
                     failed.append("the worker processes ended early (exit status "
                                   f"{', '.join(str(w.exitcode) for w in workers)}); unfinished: "
-                                  + ", ".join(dict.fromkeys(lost)))
+                                  + ", ".join(plan.labels[k] for k in pending
+                                              if k not in reported))
                     break
                 continue
             kind, k, detail = event
@@ -237,7 +235,7 @@ def run_pending(module: str, argv: Sequence[str], plan: Plan, jobs: int, *,
                 bar.write(f"{label}: started on core(s) {','.join(map(str, detail))}; "
                           f"output in {log}")
                 continue
-            done += 1
+            reported.add(k)
             bar.update(1)
             took = _duration(time.perf_counter() - started[k])
             if detail is None:

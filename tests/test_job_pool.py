@@ -32,6 +32,8 @@ FAKE_COMMAND = textwrap.dedent("""
                 time.sleep(600)
             if (folder / "fail").exists():
                 raise ValueError("the run failed")
+            if (folder / "crash").exists():  # the worker process itself dies
+                os._exit(9)
             record = {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0))}
             (folder / "metrics.json").write_text(json.dumps(record))
 
@@ -115,6 +117,17 @@ def test_a_failed_run_is_named_with_its_log_and_the_others_finish(fake_command):
                                   f"{root / 'run1' / job_pool.LOG_FILE})")
     assert "error: the run failed" in (root / "run1" / job_pool.LOG_FILE).read_text()
     assert (root / "run0" / "metrics.json").exists() and (root / "run2" / "metrics.json").exists()
+
+
+def test_workers_that_die_are_reported_with_the_runs_left_undone(fake_command):
+    root = fake_command / "runs"
+    plan = _plan(root, 2)
+    (root / "run0").mkdir(parents=True)
+    (root / "run0" / "crash").touch()
+    with pytest.raises(job_pool.JobsFailed) as failure:
+        job_pool.run_pending("fake_command", [str(root), "2"], plan, 1, progress=False)
+    assert str(failure.value) == ("1 run(s) failed: the worker processes ended early (exit "
+                                  "status 9); unfinished: run 0, run 1")
 
 
 def _alive(pid: int) -> bool:
