@@ -4,7 +4,8 @@ CURE (SPEC section 2) clusters teacher and student embeddings with k-means, labe
 point with its nearest forget centroid, and maps that label to the farthest centroid. Everything
 here is a pure, jittable function of arrays, so a cluster refresh runs on the accelerator between
 training steps without a round trip through the host. The seedings (greedy k-means++, k-means||,
-random) and the chunked distance pass live in cure_jax/kmeans_seeding.py.
+random) and the chunked distance pass live in cure_jax/kmeans_seeding.py, Lloyd's loop (plain,
+or with Yinyang's distance bounds) in cure_jax/kmeans_lloyd.py.
 
 Squared distances are computed by matmul, ``||x||^2 - 2 x.c + ||c||^2``, in chunks of points so
 that memory stays O(chunk * K) however large N is. Cosine k-means is spherical k-means: squared
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cure_jax.kmeans_lloyd import ALGORITHMS, LOOPS
 from cure_jax.kmeans_seeding import INITS, Seeding, nearest, seed, settings, to_chunks
 from cure_jax.losses.common import l2_normalize
 
@@ -33,58 +35,16 @@ class KMeansResult(NamedTuple):
         inertia: scalar float32, sum over points of the squared distance to the assigned
             centroid (on the unit-normalised points when ``cosine=True``).
         iterations: scalar int32, number of Lloyd iterations (centroid updates) run.
+        distance_passes: scalar float32, the point-to-centroids distances computed in Lloyd's
+            loop, in passes over the N points: ``iterations + 1`` for ``"lloyd"``, fewer for
+            ``"yinyang"``.
     """
 
     centroids: jax.Array
     assignment: jax.Array
     inertia: jax.Array
     iterations: jax.Array
-
-
-def _update(
-    points_PxD: jax.Array,
-    valid_P: jax.Array,
-    assign_P: jax.Array,
-    dist_P: jax.Array,
-    centroids_KxD: jax.Array,
-    *,
-    cosine: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """One centroid update: cluster means, with empty clusters re-seeded.
-
-    An empty cluster takes the point farthest from its own centroid (the e-th empty cluster takes
-    the e-th farthest point), and that point leaves its old cluster, as in scikit-learn. The
-    reseeded centroids claim those points at the next assignment. ``points_PxD`` is padded with
-    zero rows, which ``valid_P`` (1 real, 0 padding) masks. Returns the [K, D] new centroids and
-    whether any cluster was empty.
-    """
-    k = centroids_KxD.shape[0]
-    # Padding rows are zeros, so they add nothing to the sums; only the counts need the mask.
-    sums_KxD = jax.ops.segment_sum(points_PxD, assign_P, num_segments=k)
-    counts_K = jax.ops.segment_sum(valid_P, assign_P, num_segments=k)
-
-    def reseed(args):
-        sums_KxD, counts_K = args
-        empty_K = counts_K == 0
-        # Padding must never be chosen: give it a distance below any real one.
-        _, far_K = jax.lax.top_k(jnp.where(valid_P > 0, dist_P, -1.0), k)
-        rank_K = jnp.cumsum(empty_K) - 1
-        src_K = far_K[jnp.clip(rank_K, 0, k - 1)]
-        moved_KxD = jnp.where(empty_K[:, None], points_PxD[src_K], 0.0)
-        moved_K = empty_K.astype(counts_K.dtype)
-        old_K = assign_P[src_K]
-        sums_KxD = sums_KxD - jax.ops.segment_sum(moved_KxD, old_K, num_segments=k) + moved_KxD
-        counts_K = counts_K - jax.ops.segment_sum(moved_K, old_K, num_segments=k) + moved_K
-        return sums_KxD, counts_K
-
-    # Empty clusters are rare: skip the top-k unless there is one (under vmap both branches run).
-    any_empty = jnp.any(counts_K == 0)
-    sums_KxD, counts_K = jax.lax.cond(any_empty, reseed, lambda args: args, (sums_KxD, counts_K))
-    # A cluster can only still be empty if reseeding took its last point; it keeps its centroid.
-    new_KxD = jnp.where(
-        counts_K[:, None] > 0, sums_KxD / jnp.maximum(counts_K, 1.0)[:, None], centroids_KxD
-    )
-    return (l2_normalize(new_KxD) if cosine else new_KxD), any_empty
+    distance_passes: jax.Array
 
 
 def _single_run(
@@ -97,51 +57,24 @@ def _single_run(
     chunk_size: int,
     seeding: Seeding,
     cosine: bool,
+    algorithm: str,
 ) -> KMeansResult:
     """One k-means run (seeding plus Lloyd) on points already normalised if ``cosine``."""
     n = x_NxD.shape[0]
     # Pad once, outside the loop; the padding is masked by `valid_P`.
     points_MxCxD, sqnorm_MxC, valid_P = to_chunks(x_NxD, chunk_size)
-    points_PxD = points_MxCxD.reshape(-1, x_NxD.shape[1])
     centroids_KxD = seed(
         key, x_NxD, points_MxCxD, sqnorm_MxC, valid_P, num_clusters=num_clusters, seeding=seeding
     )
-
-    def e_step(centroids_KxD):
-        assign_P, dist_P = nearest(points_MxCxD, sqnorm_MxC, centroids_KxD)
-        return assign_P, dist_P, jnp.sum(dist_P * valid_P)
-
-    # Each iteration is an update followed by an assignment, so the loop always ends with an
-    # assignment that belongs to the returned centroids, whichever criterion stops it.
-    def cond(state):
-        it, _, _, _, _, done = state
-        return jnp.logical_and(it < num_iters, jnp.logical_not(done))
-
-    def body(state):
-        it, centroids_KxD, assign_P, dist_P, inertia, _ = state
-        centroids_KxD, reseeded = _update(
-            points_PxD, valid_P, assign_P, dist_P, centroids_KxD, cosine=cosine
-        )
-        new_assign_P, new_dist_P, new_inertia = e_step(centroids_KxD)
-        # Only real points count: padding rows are equidistant from unit centroids, and their
-        # argmin can flip on rounding alone.
-        settled = jnp.all(new_assign_P[:n] == assign_P[:n])
-        # Strict `<`, so that tol = 0 stops only when the assignments settle.
-        small_change = jnp.abs(inertia - new_inertia) < tol * inertia
-        # Never stop right after a reseed: the farthest points were measured from the old
-        # centroids, so a reseeded centroid can land on a point whose cluster keeps it
-        # (a duplicate centroid, still empty); the next update reseeds from fresh distances.
-        done = jnp.logical_and(jnp.logical_or(settled, small_change), jnp.logical_not(reseeded))
-        return it + 1, centroids_KxD, new_assign_P, new_dist_P, new_inertia, done
-
-    assign_P, dist_P, inertia = e_step(centroids_KxD)
-    state = (jnp.int32(0), centroids_KxD, assign_P, dist_P, inertia, jnp.bool_(False))
-    it, centroids_KxD, assign_N, _, _, _ = jax.lax.while_loop(cond, body, state)
-    assign_N = assign_N[:n]
+    loop = LOOPS[algorithm](
+        points_MxCxD, sqnorm_MxC, valid_P, centroids_KxD, tol,
+        num_points=n, num_iters=num_iters, cosine=cosine,
+    )
+    assign_N = loop.assignment[:n]
     # The expanded form loses ~eps * ||x||^2 per point; the final inertia (which also picks the
     # best restart) is worth one exact O(N * D) pass.
-    inertia = jnp.sum((x_NxD - centroids_KxD[assign_N]) ** 2)
-    return KMeansResult(centroids_KxD, assign_N, inertia, it)
+    inertia = jnp.sum((x_NxD - loop.centroids[assign_N]) ** 2)
+    return KMeansResult(loop.centroids, assign_N, inertia, loop.iterations, loop.distance_passes)
 
 
 def _prepare(points_NxD: jax.Array, cosine: bool) -> tuple[jax.Array, jax.Array]:
@@ -154,7 +87,8 @@ def _prepare(points_NxD: jax.Array, cosine: bool) -> tuple[jax.Array, jax.Array]
     return (l2_normalize(x_NxD) if cosine else x_NxD - shift_D), shift_D
 
 
-_STATIC = ("num_clusters", "num_iters", "num_restarts", "cosine", "chunk_size", "seeding")
+_STATIC = ("num_clusters", "num_iters", "num_restarts", "cosine", "chunk_size", "seeding",
+           "algorithm")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -169,6 +103,7 @@ def _kmeans_jit(
     cosine: bool,
     chunk_size: int,
     seeding: Seeding,
+    algorithm: str,
 ) -> KMeansResult:
     x_NxD, shift_D = _prepare(points_NxD, cosine)
     run = functools.partial(
@@ -178,6 +113,7 @@ def _kmeans_jit(
         chunk_size=chunk_size,
         seeding=seeding,
         cosine=cosine,
+        algorithm=algorithm,
     )
     if num_restarts == 1:
         # No vmap for one run: keeps the empty-cluster `cond` a real branch.
@@ -204,6 +140,7 @@ def kmeans(
     num_local_trials: int | None = None,
     parallel_rounds: int = 3,
     oversampling: float = 1.0,
+    algorithm: str = "lloyd",
 ) -> KMeansResult:
     """k-means (Lloyd) with k-means++ or k-means|| seeding, restarts batched on device; the best
     inertia wins.
@@ -233,6 +170,10 @@ def kmeans(
         parallel_rounds: k-means|| rounds G, >= 1 (ignored by the other seedings).
         oversampling: k-means|| candidates drawn per round, as a multiple of K (rounded up);
             G rounds must draw at least K in all (ignored by the other seedings).
+        algorithm: ``"lloyd"`` (a full distance pass per iteration) or ``"yinyang"`` (the same
+            assignments, up to rounding ties, with distance bounds that skip the points whose
+            centroid cannot have changed; cure_jax/kmeans_lloyd.py). Yinyang pays off on many
+            points with many clusters (docs/PERFORMANCE.md); it keeps [N, K / 4] lower bounds.
 
     Returns:
         KMeansResult: centroids [K, D], assignment int32 [N], inertia scalar, iterations int32
@@ -246,6 +187,8 @@ def kmeans(
     _check_kmeans_args(
         points_NxD.shape, num_clusters, num_iters, num_restarts, chunk_size, init, tol
     )
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     return _kmeans_jit(
         key,
         points_NxD,
@@ -256,6 +199,7 @@ def kmeans(
         cosine=cosine,
         chunk_size=chunk_size,
         seeding=settings(init, num_clusters, num_local_trials, parallel_rounds, oversampling),
+        algorithm=algorithm,
     )
 
 

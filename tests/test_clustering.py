@@ -64,13 +64,18 @@ def test_well_separated_blobs_recovered(seed):
     assert adjusted_rand_score(ref.labels_, np.asarray(res.assignment)) > 0.99
 
 
-def test_result_types_and_fixed_point():
+@pytest.mark.parametrize("algorithm", ["lloyd", "yinyang"])
+def test_result_types_and_fixed_point(algorithm):
     x = _mixture(4)
-    res = clustering.kmeans(jax.random.key(0), x, num_clusters=K, num_iters=ITERS)
+    res = clustering.kmeans(jax.random.key(0), x, num_clusters=K, num_iters=ITERS,
+                            algorithm=algorithm)
     assert res.centroids.shape == (K, 5)
     assert res.assignment.shape == (300,) and res.assignment.dtype == np.int32
     assert res.inertia.shape == () and res.iterations.dtype == np.int32
     assert 1 <= int(res.iterations) < ITERS  # settled before the cap
+    assert res.distance_passes.dtype == np.float32
+    if algorithm == "lloyd":
+        assert float(res.distance_passes) == int(res.iterations) + 1
     # Converged Lloyd: every point is with its nearest centroid, every centroid is its mean.
     np.testing.assert_array_equal(clustering.assign(x, res.centroids), res.assignment)
     labels = np.asarray(res.assignment)
@@ -78,10 +83,12 @@ def test_result_types_and_fixed_point():
     np.testing.assert_allclose(res.centroids, means, rtol=1e-5, atol=1e-5)
 
 
-def test_assignment_belongs_to_returned_centroids_when_capped():
+@pytest.mark.parametrize("algorithm", ["lloyd", "yinyang"])
+def test_assignment_belongs_to_returned_centroids_when_capped(algorithm):
     x = _mixture(5)
     for num_iters in (1, 2):
-        res = clustering.kmeans(jax.random.key(1), x, num_clusters=K, num_iters=num_iters)
+        res = clustering.kmeans(jax.random.key(1), x, num_clusters=K, num_iters=num_iters,
+                                algorithm=algorithm)
         assert int(res.iterations) == num_iters
         np.testing.assert_array_equal(clustering.assign(x, res.centroids), res.assignment)
         np.testing.assert_allclose(
@@ -89,10 +96,12 @@ def test_assignment_belongs_to_returned_centroids_when_capped():
         )
 
 
-def test_tol_stops_early():
+@pytest.mark.parametrize("algorithm", ["lloyd", "yinyang"])
+def test_tol_stops_early(algorithm):
     x = _mixture(6)
-    full = clustering.kmeans(jax.random.key(2), x, num_clusters=K, num_iters=ITERS, tol=0.0)
-    loose = clustering.kmeans(jax.random.key(2), x, num_clusters=K, num_iters=ITERS, tol=0.05)
+    kwargs = dict(num_clusters=K, num_iters=ITERS, algorithm=algorithm)
+    full = clustering.kmeans(jax.random.key(2), x, tol=0.0, **kwargs)
+    loose = clustering.kmeans(jax.random.key(2), x, tol=0.05, **kwargs)
     assert int(loose.iterations) < int(full.iterations)
     assert float(full.inertia) <= float(loose.inertia) * (1 + 1e-6)
 
@@ -112,11 +121,13 @@ def test_permuting_points_keeps_inertia():
     np.testing.assert_allclose(float(a.inertia), float(b.inertia), rtol=1e-5)
 
 
-@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
+@pytest.mark.parametrize(("init", "algorithm"),
+                         [("k-means++", "lloyd"), ("k-means||", "lloyd"), ("k-means++", "yinyang")])
 @pytest.mark.parametrize("cosine", [False, True])
-def test_chunked_equals_unchunked(cosine, init):
+def test_chunked_equals_unchunked(cosine, init, algorithm):
     x = _mixture(8, n=103)  # 103 is prime: every chunk size below it needs padding
-    kwargs = dict(num_clusters=7, num_iters=30, num_restarts=2, cosine=cosine, init=init)
+    kwargs = dict(num_clusters=7, num_iters=30, num_restarts=2, cosine=cosine, init=init,
+                  algorithm=algorithm)
     whole = clustering.kmeans(jax.random.key(3), x, chunk_size=4096, **kwargs)
     chunked = clustering.kmeans(jax.random.key(3), x, chunk_size=10, **kwargs)
     np.testing.assert_array_equal(chunked.assignment, whole.assignment)
@@ -125,26 +136,28 @@ def test_chunked_equals_unchunked(cosine, init):
     assert int(chunked.iterations) == int(whole.iterations)
 
 
-def test_restarts_keep_the_best_run():
+@pytest.mark.parametrize("algorithm", ["lloyd", "yinyang"])
+def test_restarts_keep_the_best_run(algorithm):
     x = _mixture(9)
     key = jax.random.key(4)
-    best = clustering.kmeans(key, x, num_clusters=K, num_iters=ITERS, num_restarts=4)
-    singles = [
-        clustering.kmeans(k, x, num_clusters=K, num_iters=ITERS) for k in jax.random.split(key, 4)
-    ]
+    kwargs = dict(num_clusters=K, num_iters=ITERS, algorithm=algorithm)
+    best = clustering.kmeans(key, x, num_restarts=4, **kwargs)
+    singles = [clustering.kmeans(k, x, **kwargs) for k in jax.random.split(key, 4)]
     i = int(np.argmin([float(s.inertia) for s in singles]))
     np.testing.assert_allclose(best.inertia, singles[i].inertia, rtol=1e-6)
     np.testing.assert_array_equal(best.assignment, singles[i].assignment)
 
 
+@pytest.mark.parametrize("algorithm", ["lloyd", "yinyang"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_empty_clusters_reseeded_with_duplicate_points(seed):
+def test_empty_clusters_reseeded_with_duplicate_points(seed, algorithm):
     # 10 distinct points, 4 copies each: random seeding almost surely picks copies of one point,
     # whose clusters start empty; re-seeding must still reach all 10 and zero inertia.
     distinct = np.random.default_rng(seed).normal(size=(10, 3)).astype(np.float32)
     x = np.repeat(distinct, 4, axis=0)
     res = clustering.kmeans(
-        jax.random.key(seed), x, num_clusters=10, num_iters=ITERS, init="random"
+        jax.random.key(seed), x, num_clusters=10, num_iters=ITERS, init="random",
+        algorithm=algorithm,
     )
     assert np.all(np.isfinite(res.centroids))
     assert len(np.unique(np.asarray(res.assignment))) == 10
@@ -170,11 +183,13 @@ def test_as_many_clusters_as_points(init):
     assert float(res.inertia) < 1e-4
 
 
-@pytest.mark.parametrize("init", ["k-means++", "k-means||"])
-def test_more_clusters_than_distinct_points_gives_no_nan(init):
+@pytest.mark.parametrize(("init", "algorithm"),
+                         [("k-means++", "lloyd"), ("k-means||", "lloyd"), ("k-means++", "yinyang")])
+def test_more_clusters_than_distinct_points_gives_no_nan(init, algorithm):
     x = np.repeat(np.eye(3, dtype=np.float32), 3, axis=0)  # 3 distinct points, K = 5
     for cosine in (False, True):
-        res = clustering.kmeans(jax.random.key(0), x, num_clusters=5, cosine=cosine, init=init)
+        res = clustering.kmeans(jax.random.key(0), x, num_clusters=5, cosine=cosine, init=init,
+                                algorithm=algorithm)
         assert np.all(np.isfinite(res.centroids)) and np.isfinite(float(res.inertia))
         assert len(np.unique(np.asarray(res.assignment))) == 3
 
@@ -248,6 +263,8 @@ def test_errors_raised_before_tracing():
         clustering.kmeans(key, x, num_clusters=2, num_iters=0)
     with pytest.raises(ValueError, match="init"):
         clustering.kmeans(key, x, num_clusters=2, init="kmeans++")
+    with pytest.raises(ValueError, match=r"algorithm must be one of \('lloyd', 'yinyang'\)"):
+        clustering.kmeans(key, x, num_clusters=2, algorithm="elkan")
     with pytest.raises(ValueError, match="init"):
         clustering.kmeans_init(key, x, num_clusters=2, init="kmeans||")
     with pytest.raises(ValueError, match="more clusters than points"):

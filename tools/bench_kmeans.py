@@ -8,6 +8,9 @@ Every implementation sees the same float32 array and runs at most `--iters` Lloy
   then greedy k-means++ on the weighted candidates) and `random`; Lloyd stops when the
   assignments settle (`tol=0`). `k-means++/2` is greedy k-means++ with 2 local trials per
   centre instead of 2 + ln K; `k-means||/G` is k-means|| with G rounds (else `--rounds`).
+  A `+yinyang` suffix (`k-means||+yinyang`) runs Lloyd with Yinyang's distance bounds
+  (`algorithm="yinyang"`: the same assignments, fewer distances computed; the "passes" column
+  counts them in passes over the points).
 - `sklearn`: `KMeans(init="k-means++", n_init=1, tol=0)` (greedy k-means++, Lloyd until the
   assignments settle, or its own tol when given).
 - `faiss` (optional: `pip install faiss-cpu`, or put it on PYTHONPATH): `faiss.Kmeans`, random
@@ -30,6 +33,7 @@ recomputed in float64 from each one's centroids and labels.
     python tools/bench_kmeans.py                 # N = 36,000, K = 100 and 1,000, 1 seed
     python tools/bench_kmeans.py --quick         # N = 6,000, K = 50 and 200
     python tools/bench_kmeans.py --ks 1000 --impls "k-means++,k-means||,sklearn,faiss"
+    python tools/bench_kmeans.py --impls "k-means||,k-means||+yinyang,sklearn,faiss"
 """
 
 from __future__ import annotations
@@ -86,8 +90,9 @@ def timed(fn):
 class Ours:
     """cure_jax's k-means with one seeding; compiles on `warm_up`, then times runs."""
 
-    def __init__(self, x, k, *, iters, options):
+    def __init__(self, x, k, *, iters, options, algorithm="lloyd"):
         self.x, self.k, self.iters, self.options = x, k, iters, options
+        self.algorithm = algorithm
 
     def seeds(self, seed):
         return jax.block_until_ready(clustering.kmeans_init(
@@ -96,7 +101,7 @@ class Ours:
     def fit(self, seed):
         return jax.block_until_ready(clustering.kmeans(
             jax.random.key(seed), self.x, num_clusters=self.k, num_iters=self.iters,
-            **self.options))
+            algorithm=self.algorithm, **self.options))
 
     def warm_up(self) -> float:
         """Compiles the two programs ahead of time, without running them (a run of k-means++
@@ -112,13 +117,15 @@ class Ours:
                                    seeding=seeding).compile()
         clustering._kmeans_jit.lower(key, x, jnp.asarray(0.0, jnp.float32), num_clusters=self.k,
                                      num_iters=self.iters, num_restarts=1, cosine=False,
-                                     chunk_size=4096, seeding=seeding).compile()
+                                     chunk_size=4096, seeding=seeding,
+                                     algorithm=self.algorithm).compile()
         return time.perf_counter() - start
 
     def run(self, seed) -> dict:
         _, seed_wall, _ = timed(lambda: self.seeds(seed))
         res, wall, cpu = timed(lambda: self.fit(seed))
         return {"seeding": seed_wall, "wall": wall, "cpu": cpu, "iters": int(res.iterations),
+                "passes": float(res.distance_passes),
                 "inertia": inertia64(self.x, np.asarray(res.centroids),
                                      np.asarray(res.assignment))}
 
@@ -135,7 +142,7 @@ class Sklearn:
                     random_state=seed)
         km, wall, cpu = timed(lambda: km.fit(self.x))
         return {"seeding": None, "wall": wall, "cpu": cpu, "iters": int(km.n_iter_),
-                "inertia": inertia64(self.x, km.cluster_centers_, km.labels_)}
+                "passes": None, "inertia": inertia64(self.x, km.cluster_centers_, km.labels_)}
 
 
 class Faiss:
@@ -153,7 +160,7 @@ class Faiss:
         _, wall, cpu = timed(lambda: km.train(self.x))
         _, labels = km.index.search(self.x, 1)
         return {"seeding": None, "wall": wall, "cpu": cpu, "iters": len(km.iteration_stats),
-                "inertia": inertia64(self.x, km.centroids, labels[:, 0])}
+                "passes": None, "inertia": inertia64(self.x, km.centroids, labels[:, 0])}
 
 
 def _parallel_rounds(name: str) -> int | None:
@@ -163,13 +170,23 @@ def _parallel_rounds(name: str) -> int | None:
         else None
 
 
+YINYANG = "+yinyang"
+
+
+def _known(name: str) -> bool:
+    base = name.removesuffix(YINYANG)
+    return name in IMPLS or base in OURS or bool(_parallel_rounds(base))
+
+
 def make_impl(name, x, k, args):
-    if name == "k-means||" or _parallel_rounds(name):
-        options = {"init": "k-means||", "parallel_rounds": _parallel_rounds(name) or args.rounds,
+    base = name.removesuffix(YINYANG)
+    algorithm = "yinyang" if name.endswith(YINYANG) else "lloyd"
+    if base == "k-means||" or _parallel_rounds(base):
+        options = {"init": "k-means||", "parallel_rounds": _parallel_rounds(base) or args.rounds,
                    "oversampling": args.oversampling}
-        return Ours(x, k, iters=args.iters, options=options)
-    if name in OURS:
-        return Ours(x, k, iters=args.iters, options=dict(OURS[name]))
+        return Ours(x, k, iters=args.iters, options=options, algorithm=algorithm)
+    if base in OURS:
+        return Ours(x, k, iters=args.iters, options=dict(OURS[base]), algorithm=algorithm)
     if name == "sklearn":
         return Sklearn(x, k, iters=args.iters, tol=args.sklearn_tol)
     return Faiss(x, k, iters=args.iters)
@@ -206,6 +223,7 @@ def bench_k(x, k, impls, args) -> None:
         label = name.replace("|", "\\|")  # a Markdown table cell
         print(f"| {k} | {label} | {_cell(seeding, '.2f')} | {wall:.2f} | {mean(name, 'cpu'):.2f} "
               f"| {_cell(compile_s[name], '.1f')} | {mean(name, 'iters'):.1f} "
+              f"| {_cell(mean(name, 'passes'), '.2f')} "
               f"| {inertia:.1f} ± {spread:.1f} | {' | '.join(ratios)} |", flush=True)
 
 
@@ -240,7 +258,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=1, help="seeds per implementation")
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
-                        help=f"comma-separated, from {', '.join(IMPLS)}, k-means||/G")
+                        help=f"comma-separated, from {', '.join(IMPLS)}, k-means||/G; "
+                             f"ours with a {YINYANG} suffix")
     parser.add_argument("--rounds", type=int, default=3, help="k-means|| rounds")
     parser.add_argument("--oversampling", type=float, default=1.0,
                         help="k-means|| candidates per round, times K")
@@ -250,9 +269,9 @@ def main() -> None:
                         help="OpenMP and BLAS threads of scikit-learn and faiss (default: theirs)")
     args = parser.parse_args()
     impls = [name.strip() for name in args.impls.split(",")]
-    if unknown := sorted(name for name in set(impls) - set(IMPLS) if not _parallel_rounds(name)):
+    if unknown := sorted(name for name in set(impls) if not _known(name)):
         parser.error(f"unknown implementation(s) {unknown}; valid: {', '.join(IMPLS)}, "
-                     "k-means||/G")
+                     f"k-means||/G, and ours with a {YINYANG} suffix")
     if "faiss" in impls:
         try:
             import faiss  # loaded now, so that its OpenBLAS is listed
@@ -280,9 +299,9 @@ def main() -> None:
     print(f"data: N={n}, D=512, 1000 true centres, unit norm; at most {args.iters} iterations; "
           f"k-means|| {args.rounds} rounds x {args.oversampling:g} K; {args.seeds} seed(s)\n")
     print("| K | implementation | seeding s | end to end s | CPU s | compile s | iterations "
-          "| inertia (mean ± sd) | seeding / k-means++ | time / k-means++ | time / faiss "
+          "| passes | inertia (mean ± sd) | seeding / k-means++ | time / k-means++ | time / faiss "
           "| inertia / sklearn |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in ks:
         bench_k(x, k, impls, args)
 
