@@ -13,6 +13,8 @@ Every implementation sees the same float32 array and runs at most `--iters` Lloy
   counts them in passes over the points).
 - `sklearn`: `KMeans(init="k-means++", n_init=1, tol=0)` (greedy k-means++, Lloyd until the
   assignments settle, or its own tol when given).
+- `--restarts R` runs R restarts in each (ours: `num_restarts`, scikit-learn: `n_init`, faiss:
+  `nredo`), the best inertia kept.
 - `faiss` (optional: `pip install faiss-cpu`, or put it on PYTHONPATH): `faiss.Kmeans`, random
   seeding, exactly `--iters` iterations, no subsampling.
 
@@ -90,9 +92,9 @@ def timed(fn):
 class Ours:
     """cure_jax's k-means with one seeding; compiles on `warm_up`, then times runs."""
 
-    def __init__(self, x, k, *, iters, options, algorithm="lloyd"):
+    def __init__(self, x, k, *, iters, options, algorithm="lloyd", restarts=1):
         self.x, self.k, self.iters, self.options = x, k, iters, options
-        self.algorithm = algorithm
+        self.algorithm, self.restarts = algorithm, restarts
 
     def seeds(self, seed):
         return jax.block_until_ready(clustering.kmeans_init(
@@ -101,7 +103,7 @@ class Ours:
     def fit(self, seed):
         return jax.block_until_ready(clustering.kmeans(
             jax.random.key(seed), self.x, num_clusters=self.k, num_iters=self.iters,
-            algorithm=self.algorithm, **self.options))
+            num_restarts=self.restarts, algorithm=self.algorithm, **self.options))
 
     def warm_up(self) -> float:
         """Compiles the two programs ahead of time, without running them (a run of k-means++
@@ -116,7 +118,8 @@ class Ours:
         clustering._init_jit.lower(key, x, num_clusters=self.k, cosine=False, chunk_size=4096,
                                    seeding=seeding).compile()
         clustering._kmeans_jit.lower(key, x, jnp.asarray(0.0, jnp.float32), num_clusters=self.k,
-                                     num_iters=self.iters, num_restarts=1, cosine=False,
+                                     num_iters=self.iters, num_restarts=self.restarts,
+                                     cosine=False,
                                      chunk_size=4096, seeding=seeding,
                                      algorithm=self.algorithm).compile()
         return time.perf_counter() - start
@@ -131,31 +134,32 @@ class Ours:
 
 
 class Sklearn:
-    def __init__(self, x, k, *, iters, tol):
-        self.x, self.k, self.iters, self.tol = x, k, iters, tol
+    def __init__(self, x, k, *, iters, tol, restarts=1):
+        self.x, self.k, self.iters, self.tol, self.restarts = x, k, iters, tol, restarts
 
     def warm_up(self) -> None:
         return None
 
     def run(self, seed) -> dict:
-        km = KMeans(self.k, init="k-means++", n_init=1, max_iter=self.iters, tol=self.tol,
-                    random_state=seed)
+        km = KMeans(self.k, init="k-means++", n_init=self.restarts, max_iter=self.iters,
+                    tol=self.tol, random_state=seed)
         km, wall, cpu = timed(lambda: km.fit(self.x))
         return {"seeding": None, "wall": wall, "cpu": cpu, "iters": int(km.n_iter_),
                 "passes": None, "inertia": inertia64(self.x, km.cluster_centers_, km.labels_)}
 
 
 class Faiss:
-    def __init__(self, x, k, *, iters):
+    def __init__(self, x, k, *, iters, restarts=1):
         import faiss
 
-        self.faiss, self.x, self.k, self.iters = faiss, x, k, iters
+        self.faiss, self.x, self.k, self.iters, self.restarts = faiss, x, k, iters, restarts
 
     def warm_up(self) -> None:
         return None
 
     def run(self, seed) -> dict:
         km = self.faiss.Kmeans(self.x.shape[1], self.k, niter=self.iters, seed=1234 + seed,
+                               nredo=self.restarts,
                                max_points_per_centroid=len(self.x))  # all points, as the others
         _, wall, cpu = timed(lambda: km.train(self.x))
         _, labels = km.index.search(self.x, 1)
@@ -184,12 +188,14 @@ def make_impl(name, x, k, args):
     if base == "k-means||" or _parallel_rounds(base):
         options = {"init": "k-means||", "parallel_rounds": _parallel_rounds(base) or args.rounds,
                    "oversampling": args.oversampling}
-        return Ours(x, k, iters=args.iters, options=options, algorithm=algorithm)
+        return Ours(x, k, iters=args.iters, options=options, algorithm=algorithm,
+                    restarts=args.restarts)
     if base in OURS:
-        return Ours(x, k, iters=args.iters, options=dict(OURS[base]), algorithm=algorithm)
+        return Ours(x, k, iters=args.iters, options=dict(OURS[base]), algorithm=algorithm,
+                    restarts=args.restarts)
     if name == "sklearn":
-        return Sklearn(x, k, iters=args.iters, tol=args.sklearn_tol)
-    return Faiss(x, k, iters=args.iters)
+        return Sklearn(x, k, iters=args.iters, tol=args.sklearn_tol, restarts=args.restarts)
+    return Faiss(x, k, iters=args.iters, restarts=args.restarts)
 
 
 def _cell(value, fmt):
@@ -256,6 +262,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="points (default 36,000; quick 6,000)")
     parser.add_argument("--ks", help="comma-separated K values (default 100,1000; quick 50,200)")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--restarts", type=int, default=1, help="restarts in each k-means")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per implementation")
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
                         help=f"comma-separated, from {', '.join(IMPLS)}, k-means||/G; "
@@ -296,8 +303,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the start")
     print(f"OpenBLAS kernels: {', '.join(blas) or '(none found)'}; scikit-learn and faiss "
           f"threads: {args.threads or 'their default'}")
-    print(f"data: N={n}, D=512, 1000 true centres, unit norm; at most {args.iters} iterations; "
-          f"k-means|| {args.rounds} rounds x {args.oversampling:g} K; {args.seeds} seed(s)\n")
+    print(f"data: N={n}, D=512, 1000 true centres, unit norm; at most {args.iters} iterations, "
+          f"{args.restarts} restart(s); k-means|| {args.rounds} rounds x {args.oversampling:g} K; "
+          f"{args.seeds} seed(s)\n")
     print("| K | implementation | seeding s | end to end s | CPU s | compile s | iterations "
           "| passes | inertia (mean ± sd) | seeding / k-means++ | time / k-means++ | time / faiss "
           "| inertia / sklearn |")
