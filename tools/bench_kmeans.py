@@ -1,7 +1,8 @@
 """Benchmark the k-means seedings of cure_jax.clustering against scikit-learn and faiss.
 
 Data: N unit vectors in D = 512 around 1,000 random unit centres (Gaussian noise of the same
-norm as a centre, then normalised: cosine to the centre about 0.7, like one identity's faces).
+norm as a centre, then normalised: cosine to the centre about 0.7, like one identity's faces),
+or with `--embeddings` the L2-normalised rows of a file (a run's embeddings, say).
 Every implementation sees the same float32 array and runs at most `--iters` Lloyd iterations:
 
 - cure_jax `k-means++` (greedy, as scikit-learn), `k-means||` (a pass over the points per round,
@@ -36,12 +37,14 @@ recomputed in float64 from each one's centroids and labels.
     python tools/bench_kmeans.py --quick         # N = 6,000, K = 50 and 200
     python tools/bench_kmeans.py --ks 1000 --impls "k-means++,k-means||,sklearn,faiss"
     python tools/bench_kmeans.py --impls "k-means||,k-means||+yinyang,sklearn,faiss"
+    python tools/bench_kmeans.py --embeddings RUN/teacher/embeddings.npz --ks 50,200,800
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 import time
 
@@ -75,6 +78,26 @@ def make_data(n: int, d: int, num_centres: int, seed: int) -> np.ndarray:
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = centres[rng.integers(0, num_centres, n)] + rng.standard_normal((n, d)) / np.sqrt(d)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_embeddings(path: pathlib.Path, n: int | None) -> tuple[np.ndarray, str]:
+    """[N, D] float32 unit rows of a .npy array or of an .npz's arrays stacked, and a line that
+    describes them."""
+    if not path.is_file():
+        raise SystemExit(f"--embeddings {path}: no such file")
+    if path.suffix == ".npz":
+        with np.load(path) as arrays:
+            names = sorted(arrays.files)
+            x = np.concatenate([arrays[name].reshape(len(arrays[name]), -1) for name in names])
+    elif path.suffix == ".npy":
+        names, x = [path.stem], np.load(path)
+    else:
+        raise SystemExit(f"--embeddings {path}: expected a .npy or .npz file")
+    if x.ndim != 2 or len(x) == 0:
+        raise SystemExit(f"--embeddings {path}: expected [N, D] rows, got shape {x.shape}")
+    x = x[:n].astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x, f"N={len(x)}, D={x.shape[1]}, unit rows of {path} ({', '.join(names)})"
 
 
 def inertia64(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
@@ -259,7 +282,11 @@ def bench_refresh(x, k, *, iters, seeds):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 6,000, K = 50 and 200")
-    parser.add_argument("--n", type=int, help="points (default 36,000; quick 6,000)")
+    parser.add_argument("--n", type=int, help="points (default 36,000; quick 6,000; with "
+                        "--embeddings: the first N rows, default all)")
+    parser.add_argument("--embeddings", type=pathlib.Path,
+                        help="cluster these instead: a .npy array, or an .npz whose arrays are "
+                             "stacked (e.g. a run's teacher/embeddings.npz); rows L2-normalised")
     parser.add_argument("--ks", help="comma-separated K values (default 100,1000; quick 50,200)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--restarts", type=int, default=1, help="restarts in each k-means")
@@ -291,9 +318,13 @@ def main() -> None:
         threadpool_limits(limits=args.threads)
         if "faiss" in impls:
             faiss.omp_set_num_threads(args.threads)
-    n = args.n or (6_000 if args.quick else 36_000)
     ks = [int(k) for k in (args.ks or ("50,200" if args.quick else "100,1000")).split(",")]
-    x = make_data(n, 512, 1_000, seed=0)
+    if args.embeddings:
+        x, described = load_embeddings(args.embeddings, args.n)
+    else:
+        n = args.n or (6_000 if args.quick else 36_000)
+        x = make_data(n, 512, 1_000, seed=0)
+        described = f"N={n}, D=512, 1000 true centres, unit norm"
     env = {v: os.environ.get(v, "(unset)") for v in ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY")}
     blas = sorted({f"{pool.get('architecture')} ({os.path.basename(pool['filepath'])})"
                    for pool in threadpool_info() if pool["internal_api"] == "openblas"})
@@ -303,7 +334,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the start")
     print(f"OpenBLAS kernels: {', '.join(blas) or '(none found)'}; scikit-learn and faiss "
           f"threads: {args.threads or 'their default'}")
-    print(f"data: N={n}, D=512, 1000 true centres, unit norm; at most {args.iters} iterations, "
+    print(f"data: {described}; at most {args.iters} iterations, "
           f"{args.restarts} restart(s); k-means|| {args.rounds} rounds x {args.oversampling:g} K; "
           f"{args.seeds} seed(s)\n")
     print("| K | implementation | seeding s | end to end s | CPU s | compile s | iterations "
