@@ -180,8 +180,9 @@ def kmeans(
             G rounds must draw at least K in all (ignored by the other seedings).
         algorithm: ``"lloyd"`` (a full distance pass per iteration) or ``"yinyang"`` (the same
             assignments, up to rounding ties, with distance bounds that skip the points whose
-            centroid cannot have changed; cure_jax/kmeans_lloyd.py). Yinyang pays off on many
-            points with many clusters (docs/PERFORMANCE.md); it keeps [N, K / 4] lower bounds.
+            centroid cannot have changed; cure_jax/kmeans_lloyd.py, which says where float32
+            products of lower precision loosen that). Yinyang pays off on many points with
+            many clusters (docs/PERFORMANCE.md); it keeps [N, K / 4] lower bounds.
 
     Returns:
         KMeansResult: centroids [K, D], assignment int32 [N], inertia scalar, iterations int32

@@ -14,7 +14,11 @@ or ``num_iters`` updates have run; cure_jax/clustering.py wraps them.
   against every centroid (Yinyang's second, per-group filter is left out: on a vector machine a
   whole row costs one product). Its assignments are Lloyd's: the bounds carry a margin for the
   rounding of the expanded distance, so a point is skipped only when its centroid is nearest in
-  Lloyd's own float32 arithmetic too (ties within rounding are always measured again).
+  Lloyd's own float32 arithmetic too (ties within rounding are always measured again). The
+  margin is that of float32 products, as CPUs compute them. By default recent NVIDIA GPUs
+  multiply float32 in TF32 and TPUs in bfloat16 passes, with errors far above it: there a point
+  whose two nearest centroids are within that error of each other may keep a centroid Lloyd
+  would change, unless ``jax_default_matmul_precision`` is "highest".
 
 Shape legend: N points, D features, K clusters, M chunks of C points (P = M * C, padded),
 G groups of S centroids (G * S >= K), R rows in one block of re-measured points.
