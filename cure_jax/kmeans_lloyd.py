@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cure_jax.kmeans_seeding import nearest
+from cure_jax.kmeans_seeding import nearest, row_min_and_argmin
 from cure_jax.losses.common import l2_normalize
 
 # Centroids per group of Yinyang's lower bounds. Smaller groups keep tighter bounds (one moving
@@ -201,10 +201,9 @@ def _rows_with_bounds(x_RxD, xsq_R, slack_R, centroids_KxD, *, groups: int, grou
     csq_Kp = jnp.pad(csq_K, (0, padded - k), constant_values=jnp.inf)
     c_KpxD = jnp.pad(centroids_KxD, ((0, padded - k), (0, 0)))
     partial_RxKp = csq_Kp[None, :] - 2.0 * (x_RxD @ c_KpxD.T)
+    min_R, idx_R = row_min_and_argmin(partial_RxKp)
+    idx_R = jnp.minimum(idx_R, k - 1)  # a NaN row, as in `nearest`
     iota_Kp = jnp.arange(padded, dtype=jnp.int32)
-    min_R = jnp.min(partial_RxKp, axis=-1)
-    idx_R = jnp.min(jnp.where(partial_RxKp == min_R[:, None], iota_Kp, padded), axis=-1)
-    idx_R = jnp.minimum(idx_R, k - 1)
     others_RxGxS = jnp.where(iota_Kp == idx_R[:, None], jnp.inf, partial_RxKp).reshape(
         -1, groups, group_size
     )
