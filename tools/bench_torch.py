@@ -42,22 +42,22 @@ bfloat16 the two sides round differently by design: their differences are printe
 each check. Not mirrored on the torch side: the finiteness check on the updated
 parameters that every JAX step returns (one reduction per array, small next to the backbone).
 
-Timing: every round runs each step of each framework for one untimed step and `--steps` timed
-ones, the frameworks in turn (their order reversed every other round), so that a load that comes
-and goes on the machine reaches all of them alike. The table gives the median time per step over
-the rounds (with its range), the median of the rounds' ratios cure_jax / torch at the same
-precision (above 1: cure_jax is slower; the two times of a ratio saw the same load) and GFLOP/s,
-all from the FLOP count of XLA's cost analysis of the compiled float32 JAX step (multiply and add
-counted separately), so that the columns' GFLOP/s compare the same work; on a device whose dense
-bfloat16 peak is known (`BF16_PEAK_TFLOPS`, or `--peak-tflops`) also each column's share of it.
-Inputs are random, one fixed batch per step, on one device: the torch twin runs where JAX runs
-(its CPU, or CUDA when JAX's backend is a GPU), and each torch time ends with
-`torch.cuda.synchronize()` there. `--torch-threads 2,1` times torch eager at each thread count in the same rounds: on a
+Timing: every round runs each step of each framework for one untimed step and `--steps` timed ones,
+the frameworks in turn (their order reversed every other round), so that a load that comes and goes
+on the machine reaches all of them alike. The table gives the median time per step over the rounds
+(with its range), the median of the rounds' ratios cure_jax / torch at the same precision (above 1:
+cure_jax is slower; the two times of a ratio saw the same load) and GFLOP/s, all from the FLOP
+count of XLA's cost analysis of the compiled float32 JAX step (multiply and add counted
+separately), so that the columns' GFLOP/s compare the same work; on a device whose dense bfloat16
+peak is known (`BF16_PEAK_TFLOPS`, or `--peak-tflops`) also each column's share of it. Inputs are
+random, one fixed batch per step, on one device: the torch twin runs where JAX runs (its CPU, or
+CUDA when JAX's backend is a GPU), and each torch time ends with `torch.cuda.synchronize()` there.
+`--torch-threads 2,1` times torch eager at each thread count in the same rounds (on a CPU): on a
 machine where other work holds the cores, torch's OpenMP threads wait for one another at every
 operator (`OMP_WAIT_POLICY=PASSIVE` in the environment softens it) and one thread can beat two,
-while XLA's thread pool (all cores) suffers less. The batch norms' running statistics are those
-of one batch (the student's frozen batch norm reads them); the learning rates follow the
-configured schedules (100 steps per epoch).
+while XLA's thread pool (all cores) suffers less. The batch norms' running statistics are those of
+one batch (the student's frozen batch norm reads them); the learning rates follow the configured
+schedules (100 steps per epoch).
 """
 
 from __future__ import annotations
