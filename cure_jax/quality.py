@@ -233,7 +233,9 @@ def _check_supported(name: str, model, *, at: str = "image") -> None:
 def _mean_pairwise_distance(points_MxD: jax.Array) -> jax.Array:
     """Mean Euclidean distance over the M (M - 1) / 2 distinct pairs of points."""
     # Differences rather than the Gram matrix: identical points give exactly 0, not sqrt of a
-    # rounding error, so that a rate of 0 gives a quality of exactly 1.
+    # rounding error, so that a rate of 0 gives a quality of 1 (exactly, where the passes'
+    # embeddings are bit-equal; the batched passes' rows can round an ulp apart on some CPUs),
+    # not the 1e-4 or so below it that the square root of a rounding error would give.
     diff_MxMxD = points_MxD[:, None, :] - points_MxD[None, :, :]
     distance_MxM = jnp.sqrt(jnp.sum(diff_MxMxD * diff_MxMxD, axis=-1))
     count = points_MxD.shape[0]

@@ -103,10 +103,15 @@ def test_serfiq_depends_on_its_key_and_stays_in_0_1(backbone, images, score_fns)
     assert np.all((a > 0) & (a < 1))
 
 
-def test_serfiq_is_exactly_one_without_dropout(backbone, images):
+def test_serfiq_is_one_without_dropout(backbone, images):
     graphs, params, stats = backbone
     score = quality.make_serfiq_fn(graphs.eval, passes=5, rate=0.0)
-    np.testing.assert_array_equal(score(params, stats, images, jax.random.key(0)), 1.0)
+    # Identical passes. Their embeddings are rows of one batched product, which XLA:CPU rounded
+    # identically on AVX-512 machines (exactly 1.0 here) and one ulp apart for one image on an
+    # AVX2 one (1 - 1.2e-7). The bound keeps the point of the test: distances taken as the square
+    # root of a Gram-matrix rounding error would put the score about 1e-4 below 1.
+    np.testing.assert_allclose(score(params, stats, images, jax.random.key(0)), 1.0, rtol=0,
+                               atol=1e-6)
 
 
 def test_serfiq_ignores_the_models_configured_dropout(backbone, images):
@@ -334,14 +339,15 @@ def _briefly_trained_teacher(*, people: int, images_each: int, steps: int):
 def test_degraded_faces_score_below_their_clean_versions():
     # The embedding norm, the best score on the synthetic validation, after ~300 steps; on a
     # random model no score ranks clean above degraded faces reliably.
-    # Four unseen images of each person, so that three in four is a share of 64 pairs, not of 16
-    # (with 16 it moved between 11 and 12 with the float rounding of the training).
+    # Thirty-two unseen images of each person, so that three in four is a share of 512 pairs:
+    # with 16 pairs it moved between 11 and 12 with the float rounding of the training, and with
+    # 64 between 47 and 48 across CPU types, where 512 pairs put this model at 80% (256: 77%).
     graphs, backbone = _briefly_trained_teacher(people=16, images_each=16, steps=300)
-    people, unseen_images = np.repeat(np.arange(16), 4), np.tile(np.arange(1000, 1004), 16)
+    people, unseen_images = np.repeat(np.arange(16), 32), np.tile(np.arange(1000, 1032), 16)
     score = quality.make_norm_fn(graphs.eval)
     clean = score(backbone.params, backbone.batch_stats,
                   jnp.asarray(_render(people, unseen_images, 0.0)), jax.random.key(0))
     degraded = score(backbone.params, backbone.batch_stats,
                      jnp.asarray(_render(people, unseen_images, 1.0)), jax.random.key(0))
     assert float(jnp.mean(clean)) > float(jnp.mean(degraded))
-    assert int(jnp.sum(clean > degraded)) >= 48, int(jnp.sum(clean > degraded))
+    assert int(jnp.sum(clean > degraded)) >= 3 * len(people) // 4, int(jnp.sum(clean > degraded))
