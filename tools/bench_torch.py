@@ -300,8 +300,7 @@ def teacher_spec(setup: Setup, rng) -> Spec:
     batch = config.teacher.batch_size
     images = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
     labels = rng.integers(0, classes, batch).astype(np.int32)
-    params, _ = setup.copies()
-    tx = optim.make_optimizer(config.teacher, STEPS_PER_EPOCH, params)
+    tx = optim.make_optimizer(config.teacher, STEPS_PER_EPOCH, setup.params)  # its structure
     schedule = optim.lr_schedule(config.teacher, STEPS_PER_EPOCH)
     jax_batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     jax_steps = {}
