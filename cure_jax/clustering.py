@@ -173,8 +173,9 @@ def kmeans(
             candidates: at large K a fraction of k-means++'s seeding cost for a final inertia
             within a fraction of a percent of it; docs/PERFORMANCE.md) or ``"random"`` (K
             distinct points).
-        num_local_trials: greedy k-means++ candidates per centre (also in k-means||'s
-            recluster); None gives ``2 + floor(ln K)``.
+        num_local_trials: greedy k-means++ candidates per centre, also in k-means||'s
+            recluster; None gives ``2 + floor(ln K)``, four times that in the recluster (whose
+            candidates cost a read of its small pool, not a pass over the points).
         parallel_rounds: k-means|| rounds G, >= 1 (ignored by the other seedings).
         oversampling: k-means|| candidates drawn per round, as a multiple of K (rounded up);
             G rounds must draw at least K in all (ignored by the other seedings).

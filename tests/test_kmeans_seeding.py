@@ -124,6 +124,17 @@ def test_greedy_seeding_through_the_gram_matrix_picks_the_same_centres(weighted)
     assert len({row.tobytes() for row in picks[1]}) == 100  # 100 distinct points
 
 
+def test_the_recluster_tries_four_times_the_candidates_of_greedy_kmeans_plus_plus():
+    # Each candidate of greedy k-means++ on the data costs a pass over the points; in k-means||'s
+    # recluster, a read of its small pool.
+    for k, greedy in ((100, 6), (1_000, 8)):
+        assert kmeans_seeding.settings("k-means++", k, None, 3, 1.0).num_trials == greedy
+        assert kmeans_seeding.settings("k-means||", k, None, 3, 1.0).num_trials == 4 * greedy
+        # A number given is used as it is, by both.
+        for init in ("k-means++", "k-means||"):
+            assert kmeans_seeding.settings(init, k, 5, 3, 1.0).num_trials == 5
+
+
 def test_seeding_is_deterministic_for_a_key():
     x = _faces(1)
     key = jax.random.key(3)
