@@ -53,6 +53,8 @@ def test_the_config_is_the_papers_setup(casia_like):
     assert config.data.source == "recordio" and config.data.root == str(casia_like)
     assert config.data.verification_bins == tuple(str(casia_like / n) for n in BINS)
     assert config.unlearn.forget_identities == 1222 and config.cure.refresh_every == 5.0
+    # k-means||: greedy k-means++ would read the embeddings once per centre, 10,572 times.
+    assert config.cure.kmeans_init == config.baselines.kmeans_init == "k-means||"
     student = config.student
     assert (2 * student.batch_size, student.epochs, student.milestones, student.decay) == (
         128, 50, (5.0, 10.0), 0.1)
