@@ -45,3 +45,19 @@ def test_bench_kmeans_names_what_it_cannot_run(tmp_path):
     assert out.returncode == 2 and "unknown implementation(s) ['elkan']" in out.stderr
     out = _bench("--embeddings", str(tmp_path / "missing.npz"))
     assert out.returncode != 0 and "missing.npz: no such file" in out.stderr
+
+
+def test_bench_kmeans_passes_the_candidates_per_centre_to_ours(monkeypatch):
+    import argparse
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    bench = importlib.import_module("tools.bench_kmeans")
+    x = np.zeros((40, 4), np.float32)
+    args = argparse.Namespace(iters=5, rounds=3, oversampling=1.0, restarts=1, local_trials=5)
+    for name in ("k-means||", "k-means||+yinyang", "k-means||/5", "k-means++", "random"):
+        assert bench.make_impl(name, x, 4, args).options["num_local_trials"] == 5
+    # A named variant keeps its own count; without the option, the library's default (None).
+    assert bench.make_impl("k-means++/2", x, 4, args).options["num_local_trials"] == 2
+    args.local_trials = None
+    assert bench.make_impl("k-means||", x, 4, args).options["num_local_trials"] is None

@@ -210,11 +210,12 @@ def make_impl(name, x, k, args):
     algorithm = "yinyang" if name.endswith(YINYANG) else "lloyd"
     if base == "k-means||" or _parallel_rounds(base):
         options = {"init": "k-means||", "parallel_rounds": _parallel_rounds(base) or args.rounds,
-                   "oversampling": args.oversampling}
+                   "oversampling": args.oversampling, "num_local_trials": args.local_trials}
         return Ours(x, k, iters=args.iters, options=options, algorithm=algorithm,
                     restarts=args.restarts)
     if base in OURS:
-        return Ours(x, k, iters=args.iters, options=dict(OURS[base]), algorithm=algorithm,
+        options = {"num_local_trials": args.local_trials, **OURS[base]}
+        return Ours(x, k, iters=args.iters, options=options, algorithm=algorithm,
                     restarts=args.restarts)
     if name == "sklearn":
         return Sklearn(x, k, iters=args.iters, tol=args.sklearn_tol, restarts=args.restarts)
@@ -297,6 +298,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="k-means|| rounds")
     parser.add_argument("--oversampling", type=float, default=1.0,
                         help="k-means|| candidates per round, times K")
+    parser.add_argument("--local-trials", type=int,
+                        help="greedy k-means++ candidates per centre, in ours and in k-means||'s "
+                             "recluster (default: 2 + ln K, four times that in the recluster)")
     parser.add_argument("--sklearn-tol", type=float, default=0.0)
     parser.add_argument("--skip-refresh", action="store_true", help="skip the CURE refresh rows")
     parser.add_argument("--threads", type=int,
@@ -336,6 +340,7 @@ def main() -> None:
           f"threads: {args.threads or 'their default'}")
     print(f"data: {described}; at most {args.iters} iterations, "
           f"{args.restarts} restart(s); k-means|| {args.rounds} rounds x {args.oversampling:g} K; "
+          f"candidates per centre: {args.local_trials or 'default'}; "
           f"{args.seeds} seed(s)\n")
     print("| K | implementation | seeding s | end to end s | CPU s | compile s | iterations "
           "| passes | inertia (mean ± sd) | seeding / k-means++ | time / k-means++ | time / faiss "
