@@ -77,7 +77,7 @@ def get_config() -> Config:
         unlearn=UnlearnConfig(method="cure", forget_identities=1222),
         student=student,
         # k-means|| seeding: greedy k-means++ would read all the embeddings once per centre
-        # (10,572 passes over about 390,000 for the baselines' pseudo-classes, per restart);
+        # (10,572 passes over about 395,000 for the baselines' pseudo-classes, per restart);
         # k-means|| reads them 4 times (docs/casia_ir100.md).
         cure=dataclasses.replace(CureConfig(), forget_clusters=1222, retain_clusters=2500,
                                  refresh_every=5.0, kmeans_init="k-means||"),
