@@ -12,7 +12,9 @@ own gradient (a `channel_sum`), and `channel_sum`'s gradient is a broadcast.
 
 `BatchNorm` is `nnx.BatchNorm` (same variables, same checkpoints, same `nnx.view` keys) whose
 call computes the same thing through these two functions for a channels-last input; other
-uses (a feature axis other than the last, masks, named axes) go to `nnx.BatchNorm` itself.
+uses (a feature axis other than the last, masks, named axes) go to `nnx.BatchNorm` itself. In
+training mode (float32, one-pass variance) its gradient is written by hand as well
+(`_training_batch_norm`), with two channel sums where autodiff's took three.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class BatchNorm(nnx.BatchNorm):
     The arithmetic is nnx.BatchNorm's: statistics in at least float32, the variance as
     E[x^2] - E[x]^2 clipped at 0 (or E[(x - E[x])^2] with `use_fast_variance=False`), running
     averages updated with `momentum`, then `(x - mean) * (rsqrt(var + epsilon) * scale) + bias`
-    in the promoted dtype, cast to the module's dtype.
+    in the promoted dtype, cast to the module's dtype. A float32 call with the batch's statistics
+    and the one-pass variance computes `x * m + (bias - mean * m)` instead, the same to rounding,
+    with its own gradient (`_training_batch_norm`).
     """
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
