@@ -92,8 +92,10 @@ def test_compare_and_ablate_over_seeds_share_full_cure_and_resume(tmp_path, caps
     assert compared["seeds"] == [0, 1] and list(compared["methods"]) == ["neggrad", "cure"]
     ues = compared["methods"]["cure"]["ues"]
     assert ues["values"] == [compared["per_seed"][f"seed{k}"]["cure"]["ues"] for k in (0, 1)]
-    # Different seeds forget different people.
-    assert ues["values"][0] != ues["values"][1]
+    # Different seeds forget different people: the runs differ. (Not the UES itself: on the
+    # smoke config CURE's is often 0.0, its 16 forget images' accuracy unmoved, on either seed.)
+    per_seed = [compared["per_seed"][f"seed{k}"]["cure"] for k in (0, 1)]
+    assert per_seed[0] != per_seed[1]
     args = [*common, "--ablations", "A1,A9", "--seeds", "0,1"]
     assert ablate.main(args) == 0
     out = capsys.readouterr().out
