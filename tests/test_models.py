@@ -244,6 +244,7 @@ def test_batch_norm_folded_in_training_mode_updates_the_running_statistics_alike
     for ours, theirs in zip(folded.blocks, plain.blocks, strict=True):
         np.testing.assert_allclose(ours.bn1.mean[...], theirs.bn1.mean[...], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ours.bn1.var[...], theirs.bn1.var[...], rtol=1e-5, atol=1e-6)
-        # The statistics did move from their initial 0 and 1. A block's input is a sum of batch
-        # norms' outputs (zero mean over the batch but for rounding), so the variance shows it.
+        # The statistics did move from their initial 0 and 1. Past the first block, a block's
+        # input is a sum of batch norms' outputs (zero mean over the batch but for rounding), so
+        # the variance shows it.
         assert not np.allclose(ours.bn1.var[...], 1.0, rtol=0.0, atol=1e-3)
