@@ -143,9 +143,10 @@ class BatchNorm(nnx.BatchNorm):
             if self.use_fast_variance:
                 mean, var = _batch_statistics(x_stats)
             else:  # two passes, as PyTorch and onnxruntime compute it
-                mean = channel_sum(x_stats) / (x.size // x.shape[-1])
+                count = x.size // x.shape[-1]
+                mean = channel_sum(x_stats) / count
                 centred = x_stats - broadcast_channels(mean, x.shape)
-                var = channel_sum(centred * centred) / (x.size // x.shape[-1])
+                var = channel_sum(centred * centred) / count
             self._update_running_statistics(mean, var)
         multiplier = jax.lax.rsqrt(var + self.epsilon)
         if scale is not None:
