@@ -15,13 +15,16 @@ def _random(shape, seed=0):
     return jax.random.normal(jax.random.key(seed), shape)
 
 
-def test_channel_sum_and_broadcast_match_plain_reductions_with_their_gradients():
-    x = _random((4, 6, 5, 3))
+# Few channels, with row counts that split into 8 blocks (120), 4 (12) and none (45); and more
+# channels than `channel_ops.SUM_BLOCK_CHANNELS`, summed in one product.
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 3, 2, 3), (3, 5, 3, 3), (2, 2, 4, 40)])
+def test_channel_sum_and_broadcast_match_plain_reductions_with_their_gradients(shape):
+    x = _random(shape)
     np.testing.assert_allclose(channel_sum(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5, atol=1e-5)
     weights = _random(x.shape, 1)
-    grad = jax.grad(lambda x: jnp.sum(channel_sum(x) * jnp.arange(3.0)))(x)
-    np.testing.assert_array_equal(grad, jnp.broadcast_to(jnp.arange(3.0), x.shape))
-    values = _random((3,), 2)
+    grad = jax.grad(lambda x: jnp.sum(channel_sum(x) * jnp.arange(float(shape[-1]))))(x)
+    np.testing.assert_array_equal(grad, jnp.broadcast_to(jnp.arange(float(shape[-1])), x.shape))
+    values = _random(shape[-1:], 2)
 
     def loss(values, broadcast):
         return jnp.sum(broadcast(values) * weights * x)

@@ -4,11 +4,12 @@ Why: with the XLA flag the package sets (`cure_jax/__init__.py`), XLA:CPU rewrit
 reduction into a `reduce-window` loop followed by a small reduce (its tree-reduction pass, for
 accuracy), and those loops are slow: in the default teacher step the batch norms' statistics and
 the gradients of their scales, biases and of the PReLU slopes became 246 `reduce-window` ops,
-about a fifth of the step on one core. A per-channel sum written as `ones[N] @ x[N, C]` is a
-matrix product instead, 2-5x faster on the same arrays (docs/PERFORMANCE.md: the teacher
-step 11-13% faster on one core, within noise on two). Autodiff would turn the broadcasts of a
-per-channel vector back into reductions in the backward pass, so `broadcast_channels` has its
-own gradient (a `channel_sum`), and `channel_sum`'s gradient is a broadcast.
+about a fifth of the step on one core. A per-channel sum written as `ones[N] @ x[N, C]` (in a
+few row blocks where the channels are few, `SUM_BLOCKS`) is a matrix product instead, 2-5x
+faster on the same arrays (docs/PERFORMANCE.md: the teacher step 11-13% faster on one core,
+within noise on two). Autodiff would turn the broadcasts of a per-channel vector back into
+reductions in the backward pass, so `broadcast_channels` has its own gradient (a `channel_sum`),
+and `channel_sum`'s gradient is a broadcast.
 
 `BatchNorm` is `nnx.BatchNorm` (same variables, same checkpoints, same `nnx.view` keys) whose
 call computes the same thing through these two functions for a channels-last input; other
@@ -19,22 +20,40 @@ training mode (float32, one-pass variance) its gradient is written by hand as we
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# A channel sum over at most SUM_BLOCK_CHANNELS channels splits its rows into SUM_BLOCKS blocks,
+# one matrix-vector product each, then adds the blocks' sums. XLA:CPU splits a single
+# [1, M] x [M, C] product of few columns over two threads badly (3.6 ms at [262144, 16] on two
+# cores, 2.7 ms on one); a batch of eight runs on both cores (1.8-2.0 ms): the default teacher
+# step took 3-6% less time. With 64 channels and more (IResNet-50) the blocks made the CURE step
+# 2% slower, so wider sums stay one product (docs/PERFORMANCE.md).
+SUM_BLOCKS = 8
+SUM_BLOCK_CHANNELS = 32
+
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _channel_sum(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     channels = shape[-1]
-    ones = jnp.ones((x.size // channels,), x.dtype)
+    rows = x.size // channels
+    # Equal blocks: a divisor of the row count (1 where it is odd).
+    blocks = math.gcd(rows, SUM_BLOCKS) if channels <= SUM_BLOCK_CHANNELS else 1
     # HIGHEST: GPUs would otherwise multiply float32 in TF32 (10-bit mantissas), which batch-norm
     # statistics cannot afford; on the CPU it changes nothing.
-    total = jnp.dot(ones, x.reshape(-1, channels), precision=jax.lax.Precision.HIGHEST,
-                    preferred_element_type=jnp.float32)
-    return total.astype(x.dtype)
+    if blocks == 1:
+        total = jnp.dot(jnp.ones((rows,), x.dtype), x.reshape(rows, channels),
+                        precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+        return total.astype(x.dtype)
+    block_sums = jnp.einsum("bm,bmc->bc", jnp.ones((blocks, rows // blocks), x.dtype),
+                            x.reshape(blocks, rows // blocks, channels),
+                            precision=jax.lax.Precision.HIGHEST,
+                            preferred_element_type=jnp.float32)
+    return jnp.sum(block_sums, axis=0).astype(x.dtype)
 
 
 def _channel_sum_fwd(x, shape):
