@@ -45,7 +45,7 @@ def _channel_sum(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     blocks = math.gcd(rows, SUM_BLOCKS) if channels <= SUM_BLOCK_CHANNELS else 1
     # HIGHEST: GPUs would otherwise multiply float32 in TF32 (10-bit mantissas), which batch-norm
     # statistics cannot afford; on the CPU it changes nothing.
-    if blocks == 1:
+    if blocks == 1:  # one product, the program it always was (IResNet-50's steps unchanged)
         total = jnp.dot(jnp.ones((rows,), x.dtype), x.reshape(rows, channels),
                         precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
         return total.astype(x.dtype)
