@@ -22,7 +22,15 @@ import jax
 import jax.numpy as jnp
 
 from cure_jax.kmeans_lloyd import ALGORITHMS, LOOPS
-from cure_jax.kmeans_seeding import INITS, Seeding, nearest, seed, settings, to_chunks
+from cure_jax.kmeans_seeding import (
+    INITS,
+    Seeding,
+    chunk_sums,
+    nearest,
+    seed,
+    settings,
+    to_chunks,
+)
 from cure_jax.losses.common import l2_normalize
 
 
@@ -70,11 +78,19 @@ def _single_run(
         points_MxCxD, sqnorm_MxC, valid_P, centroids_KxD, tol,
         num_points=n, num_iters=num_iters, cosine=cosine,
     )
-    assign_N = loop.assignment[:n]
     # The expanded form loses ~eps * ||x||^2 per point; the final inertia (which also picks the
-    # best restart) is worth one exact O(N * D) pass.
-    inertia = jnp.sum((x_NxD - loop.centroids[assign_N]) ** 2)
-    return KMeansResult(loop.centroids, assign_N, inertia, loop.iterations, loop.distance_passes)
+    # best restart) is worth one exact O(N * D) pass (chunk by chunk: 5-6x faster on XLA:CPU).
+    assign_MxC = loop.assignment.reshape(sqnorm_MxC.shape)
+
+    def chunk_inertia(x_CxD, assign_C, valid_C):
+        return jnp.sum(valid_C * jnp.sum((x_CxD - loop.centroids[assign_C]) ** 2, axis=-1))
+
+    inertia = jnp.sum(
+        chunk_sums(chunk_inertia, points_MxCxD, assign_MxC, valid_P.reshape(sqnorm_MxC.shape))
+    )
+    return KMeansResult(
+        loop.centroids, loop.assignment[:n], inertia, loop.iterations, loop.distance_passes
+    )
 
 
 def _prepare(points_NxD: jax.Array, cosine: bool) -> tuple[jax.Array, jax.Array]:

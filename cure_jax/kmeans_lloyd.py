@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cure_jax.kmeans_seeding import nearest, row_min_and_argmin
+from cure_jax.kmeans_seeding import chunk_sums, nearest, row_min_and_argmin
 from cure_jax.losses.common import l2_normalize
 
 # Centroids per group of Yinyang's lower bounds. Smaller groups keep tighter bounds (one moving
@@ -239,10 +239,14 @@ def yinyang(
     slack_P = rounding_slack(sqnorm_P, valid_P, d)
 
     def own_distances(centroids_KxD, assign_P):
-        # The expanded form, as the full pass computes it (its rows gathered).
-        c_PxD = centroids_KxD[assign_P]
-        products_P = jnp.sum(points_PxD * c_PxD, axis=-1)
-        return jnp.maximum(sqnorm_P + jnp.sum(c_PxD**2, axis=-1) - 2.0 * products_P, 0.0)
+        # The expanded form, as the full pass computes it (its rows gathered), chunk by chunk.
+        def chunk_distances(x_CxD, xsq_C, assign_C):
+            c_CxD = centroids_KxD[assign_C]
+            products_C = jnp.sum(x_CxD * c_CxD, axis=-1)
+            return jnp.maximum(xsq_C + jnp.sum(c_CxD**2, axis=-1) - 2.0 * products_C, 0.0)
+
+        assign_MxC = assign_P.reshape(sqnorm_MxC.shape)
+        return chunk_sums(chunk_distances, points_MxCxD, sqnorm_MxC, assign_MxC).reshape(-1)
 
     def inertia_of(centroids_KxD, assign_P):
         # Only the `tol` test reads it: with tol = 0 the gather is skipped (under vmap both
