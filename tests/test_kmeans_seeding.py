@@ -213,3 +213,25 @@ def test_parallel_settings_compile_once():
             clustering.kmeans(jax.random.key(0), x, num_clusters=3, num_iters=6, init=init,
                               parallel_rounds=rounds, oversampling=2.0 / rounds)
     assert clustering._kmeans_jit._cache_size() - before == 3
+
+
+def test_chunks_hold_the_points_their_squared_norms_and_which_are_padding():
+    x = np.random.default_rng(0).standard_normal((103, 7)).astype(np.float32)  # 103: prime
+    points_MxCxD, sqnorm_MxC, valid_P = kmeans_seeding.to_chunks(jnp.asarray(x), 10)
+    assert points_MxCxD.shape == (11, 10, 7) and sqnorm_MxC.shape == (11, 10)
+    np.testing.assert_array_equal(points_MxCxD.reshape(-1, 7)[:103], x)
+    np.testing.assert_array_equal(points_MxCxD.reshape(-1, 7)[103:], 0.0)
+    np.testing.assert_allclose(sqnorm_MxC.reshape(-1)[:103], np.sum(x**2, axis=-1), rtol=1e-6)
+    np.testing.assert_array_equal(sqnorm_MxC.reshape(-1)[103:], 0.0)
+    np.testing.assert_array_equal(valid_P, np.arange(110) < 103)
+
+
+def test_chunk_sums_apply_a_reduction_to_each_chunk_of_several_arrays():
+    a_MxCxD = jnp.arange(24.0).reshape(2, 3, 4)
+    w_MxC = jnp.asarray([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+
+    def weighted_sum(a_CxD, w_C):
+        return jnp.sum(w_C * jnp.sum(a_CxD, axis=-1))
+
+    sums_M = kmeans_seeding.chunk_sums(weighted_sum, a_MxCxD, w_MxC)
+    np.testing.assert_array_equal(sums_M, np.sum(w_MxC * np.sum(a_MxCxD, axis=-1), axis=-1))
