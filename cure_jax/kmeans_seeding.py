@@ -61,7 +61,7 @@ def chunk_sums(row_sums, *chunks):
 
     For reductions over the points of an expression (``sum(x**2, -1)``, say): XLA:CPU runs such a
     fused reduction several times slower once its operand outgrows the cache, and a chunk at a
-    time keeps it there. Squared norms of [36,000, 512] took 35-40 ms in one reduction and 6-7 ms
+    time keeps it there. Squared norms of [36,000, 512] took 35-45 ms in one reduction and 6-7 ms
     in 9 chunks, with identical results (docs/PERFORMANCE.md).
     """
     return jax.lax.map(lambda args: row_sums(*args), chunks)
