@@ -102,7 +102,7 @@ def _iresnet_loss_and_grads(monkeypatch, plain: bool):
     def loss(params, rest):
         return jnp.mean((nnx.merge(graph, params, rest, copy=True)(images) - target) ** 2)
 
-    return jax.value_and_grad(loss)(params, rest)
+    return jax.jit(jax.value_and_grad(loss))(params, rest)
 
 
 @pytest.mark.slow

@@ -140,7 +140,8 @@ def test_a_bfloat16_backbone_exports_as_its_float32_evaluation(tmp_path):
     images = (pixels.astype(np.float32) / 255 - 0.5) / 0.5
     session_input = ort.InferenceSession(str(tmp_path / "student.onnx")).get_inputs()[0].name
     exported = run_onnx(tmp_path / "student.onnx", {session_input: images.transpose(0, 3, 1, 2)})
-    as_float32 = np.asarray(in_float32(nnx.merge(graphs.eval, params, batch_stats))(images))
-    mixed = np.asarray(nnx.merge(graphs.eval, params, batch_stats)(images))
+    as_float32 = np.asarray(jax.jit(
+        lambda x: in_float32(nnx.merge(graphs.eval, params, batch_stats))(x))(images))
+    mixed = np.asarray(jax.jit(lambda x: nnx.merge(graphs.eval, params, batch_stats)(x))(images))
     assert np.max(np.abs(exported - as_float32)) <= 1e-4
     assert np.max(np.abs(exported - mixed)) > 1e-3  # the bfloat16 evaluation itself differs

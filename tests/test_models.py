@@ -165,7 +165,7 @@ def test_bfloat16_gradients_are_float32_and_close_to_float32_ones():
             embeddings = nnx.merge(graph, params, batch_stats).backbone(images)
             return jnp.mean(jnp.sum(l2_normalize(embeddings)[:, :4], axis=-1))
 
-        grads.append(jax.grad(loss)(params))
+        grads.append(jax.jit(jax.grad(loss))(params))
     flat = [jnp.concatenate([g.ravel() for g in jax.tree.leaves(tree)]) for tree in grads]
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads[1]))
     cosine = jnp.dot(flat[0], flat[1]) / (jnp.linalg.norm(flat[0]) * jnp.linalg.norm(flat[1]))
@@ -216,10 +216,10 @@ def test_frozen_batch_norm_folded_into_the_next_convolution_computes_the_plain_f
     original = iresnet._conv_of_batch_norm
     monkeypatch.setattr(iresnet, "_conv_of_batch_norm",
                         lambda *args: calls.append(1) or original(*args))
-    (folded_loss, folded), folded_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (folded_loss, folded), folded_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert len(calls) == sum(DEPTHS["r18"])  # every block's first batch norm and convolution
     monkeypatch.setattr(iresnet, "_folds", lambda bn, conv: False)
-    (plain_loss, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (plain_loss, plain), plain_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     magnitude = float(jnp.max(jnp.abs(plain)))
     np.testing.assert_allclose(folded / magnitude, plain / magnitude, atol=1e-5)
     np.testing.assert_allclose(folded_loss, plain_loss, rtol=1e-5, atol=1e-6)
