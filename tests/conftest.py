@@ -46,3 +46,52 @@ def pytest_xdist_auto_num_workers(config):
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(8, cores or 1))
+
+
+# Tests marked `slow` (more than ~10 s on two cores: whole command lines, end-to-end runs) take
+# most of the suite's time: about 25 of its 30 minutes on two cores, against about 5 for the
+# rest. A plain `python -m pytest` leaves them out so that the suite stays quick to rerun while
+# working; CI runs them (`CI=true`), as does `--slow`, a path or test named on the command line,
+# or an explicit `-m` expression (which then alone decides).
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow (always on when the environment sets CI=true)",
+    )
+
+
+def _runs_slow_tests(config) -> bool:
+    return (
+        config.getoption("--slow")
+        or os.environ.get("CI", "").strip().lower() in _TRUE
+        or bool(config.getoption("markexpr"))
+        or config.args_source == config.ArgsSource.ARGS
+    )
+
+
+def pytest_report_header(config):
+    if _runs_slow_tests(config):
+        return "tests marked slow: included"
+    return "tests marked slow: left out (run them with --slow, or CI=true as CI does)"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # Also under -q, which hides the header, and under pytest-xdist, whose summary does not count
+    # what the workers deselected.
+    if not _runs_slow_tests(config):
+        terminalreporter.write_line(
+            "tests marked slow were left out: run them with --slow (CI=true runs them too)"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    if _runs_slow_tests(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
