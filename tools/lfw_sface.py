@@ -2,6 +2,7 @@
 
     python tools/lfw_sface.py                      # both crops, SFace from the shared models
     python tools/lfw_sface.py --crop template --model path/to/recognizer.onnx
+    python tools/lfw_sface.py --crop resize --embeddings-out lfw_sface.npy   # and every image
 
 The project's own protocol: `cure_jax.metrics.verification.verify` over the 6,000 pairs of
 `pairs.txt` (its 10 folds), flip test (raw embeddings of each image and its mirror summed, then
@@ -102,15 +103,14 @@ class WarpedSource:
         return record
 
 
-def evaluate(model, source, *, batch_size: int) -> tuple:
-    """(VerificationResult, seconds) of `model` on a PairsSource-like `source`."""
+def flip_test_embeddings(model, source, *, batch_size: int) -> np.ndarray:
+    """[N, D] unit embeddings of every image of `source` by `model`, each the sum of the raw
+    embeddings of the image and of its mirror, normalised (arcface_torch's flip test)."""
     from cure_jax import sharding
     from cure_jax.embeddings import embed_pass, make_embed_fn
     from cure_jax.evaluation import unit
-    from cure_jax.metrics.verification import pair_distances, verify
     from cure_jax.models.backbone import split_model
 
-    start = time.perf_counter()
     graphs, params, batch_stats = split_model(model)
     mesh = sharding.make_mesh()
     embed = make_embed_fn(graphs.eval)
@@ -118,7 +118,15 @@ def evaluate(model, source, *, batch_size: int) -> tuple:
     plain, mirrored = (embed_pass(embed, params, batch_stats, source, batch_size=batch_size,
                                   mesh=mesh, mirrored=flip, progress=True, desc="embedding")
                        for flip in (False, True))
-    emb = unit(plain + mirrored)  # arcface_torch's flip test: sum raw views, then normalise
+    return unit(plain + mirrored)
+
+
+def evaluate(model, source, *, batch_size: int) -> tuple:
+    """(VerificationResult, seconds) of `model` on a PairsSource-like `source`."""
+    from cure_jax.metrics.verification import pair_distances, verify
+
+    start = time.perf_counter()
+    emb = flip_test_embeddings(model, source, batch_size=batch_size)
     idx_a, idx_b, issame, fold = source.pair_indices
     result = verify(pair_distances(emb[idx_a], emb[idx_b]), issame, folds_P=fold)
     return result, time.perf_counter() - start
@@ -132,7 +140,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-every", type=int, default=130,
                         help="measure landmarks on every N-th LFW file (sorted)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--embeddings-out", type=pathlib.Path, default=None,
+                        help="also write the flip-test embeddings of every LFW image (the resize "
+                             "crop; rows in sorted person/file order) to this .npy: real faces "
+                             "for `tools/bench_kmeans.py --embeddings`")
     args = parser.parse_args(argv)
+    if args.embeddings_out is not None and args.embeddings_out.suffix != ".npy":
+        parser.error(f"--embeddings-out {args.embeddings_out}: expected a .npy path")
 
     from cure_jax.models.convert.onnx_import import import_onnx
     from data_pipelines.sources.lfw_pairs import PairsSource
@@ -164,6 +178,14 @@ def main(argv=None) -> int:
               f"{100 * result.accuracy_std:.2f} %, TAR@FAR=1e-3 {100 * result.tar_at_far:.2f} % "
               f"(FAR {100 * result.far:.3f} %), {result.num_pairs} pairs, {len(source)} images, "
               f"{seconds:.1f} s")
+    if args.embeddings_out is not None:
+        from data_pipelines.sources.image_folder import ImageFolderSource
+
+        every = ImageFolderSource(lfw / "images", image_size=size)
+        emb = flip_test_embeddings(model, every, batch_size=args.batch_size)
+        args.embeddings_out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.embeddings_out, np.asarray(emb, np.float32))
+        print(f"wrote {args.embeddings_out}: {emb.shape[0]} images x {emb.shape[1]}")
     print(f"total {time.perf_counter() - start:.1f} s")
     return 0
 
